@@ -1,0 +1,239 @@
+"""Small, dependency-free utilities shared by every part of degan.
+
+The names follow the StyleGAN2-ADA `dnnlib.util` module that users know (``EasyDict``,
+``Logger``, ``format_time``, ``construct_class_by_name``, ``make_cache_dir_path``) but the
+code is written from scratch. There is deliberately no ``open_url``: degan never downloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import re
+import sys
+import tempfile
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+
+class EasyDict(dict):
+    """A dict whose keys can also be read and written as attributes (``d.key``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        del self[name]
+
+
+class UserError(Exception):
+    """An error caused by user input (a bad flag, a bad file). CLIs print it as one line and exit ≠ 0."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting and parsing.
+
+def format_time(seconds: float) -> str:
+    """Format a duration like upstream's status line: ``45s``, ``3m 05s``, ``2h 07m 03s``, ``1d 04h 05m``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f'{s}s'
+    if s < 60 * 60:
+        return f'{s // 60}m {s % 60:02d}s'
+    if s < 24 * 60 * 60:
+        return f'{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s'
+    return f'{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m'
+
+
+def parse_int_list(text: str | Sequence[int]) -> list[int]:
+    """Parse ``'0-7,12'`` → ``[0, 1, …, 7, 12]`` (the ``--seeds`` syntax of generate.py)."""
+    if not isinstance(text, str):
+        return [int(v) for v in text]
+    values: list[int] = []
+    for part in text.split(','):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r'(-?\d+)-(-?\d+)', part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise UserError(f'bad range "{part}": the end is smaller than the start')
+            values.extend(range(lo, hi + 1))
+        elif re.fullmatch(r'-?\d+', part):
+            values.append(int(part))
+        else:
+            raise UserError(f'cannot parse "{part}" as an integer or a range like 0-7')
+    return values
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert tuples to lists and numpy/torch scalars to Python numbers, recursively.
+
+    Raises TypeError for anything that JSON cannot hold, so that snapshot configs stay plain data.
+    """
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f'non-string key {k!r} cannot be stored as JSON')
+            out[k] = to_jsonable(v)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if hasattr(obj, 'item') and callable(obj.item) and getattr(obj, 'ndim', 1) == 0:
+        return obj.item()
+    raise TypeError(f'{type(obj).__name__} value {obj!r} cannot be stored as JSON')
+
+
+# ---------------------------------------------------------------------------------------------
+# Files.
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = '') -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success rename it onto ``path`` atomically.
+
+    On an exception the temporary file is removed and ``path`` is left untouched, so a crash
+    never leaves a half-written file under the final name.
+    """
+    directory = os.path.dirname(os.path.abspath(path)) or '.'
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix=suffix + '.tmp', dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, 'rb') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write a text file atomically (temp file + rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Write JSON atomically, pretty-printed."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + '\n')
+
+
+def make_cache_dir_path(*paths: str) -> str:
+    """Where degan caches derived data (dataset statistics, built kernels).
+
+    ``DEGAN_CACHE_DIR`` wins, then ``DNNLIB_CACHE_DIR`` (upstream's variable), then
+    ``$XDG_CACHE_HOME/degan`` or ``~/.cache/degan``.
+    """
+    for var in ('DEGAN_CACHE_DIR', 'DNNLIB_CACHE_DIR'):
+        if os.environ.get(var):
+            return os.path.join(os.environ[var], *paths)
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return os.path.join(base, 'degan', *paths)
+
+
+class Logger:
+    """Tee everything written to stdout/stderr into a log file (``log.txt`` of a run)."""
+
+    def __init__(self, file_name: Optional[str] = None, file_mode: str = 'a', should_flush: bool = True):
+        self.file = open(file_name, file_mode, encoding='utf-8') if file_name else None
+        self.should_flush = should_flush
+        self.stdout = sys.stdout
+        self.stderr = sys.stderr
+        sys.stdout = self  # type: ignore[assignment]
+        sys.stderr = self  # type: ignore[assignment]
+
+    def __enter__(self) -> 'Logger':
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def write(self, text: str) -> None:
+        if not text:
+            return
+        if self.file is not None:
+            self.file.write(text)
+        self.stdout.write(text)
+        if self.should_flush:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+        self.stdout.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.flush()
+        if sys.stdout is self:
+            sys.stdout = self.stdout
+        if sys.stderr is self:
+            sys.stderr = self.stderr
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Constructing objects by name (for configs stored as plain data).
+
+#: Module prefixes from which classes/functions may be constructed by name. A snapshot or a
+#: config file can only ever name code that ships with degan; nothing else is imported.
+TRUSTED_MODULE_PREFIXES = ('training.', 'patches.', 'metrics.', 'torch_utils.', 'dnnlib.')
+
+
+def get_obj_by_name(name: str) -> Any:
+    """Return the object ``module.attr`` named by ``name`` from degan's own packages only."""
+    module_name, _, attr = name.rpartition('.')
+    if not module_name or not (module_name + '.').startswith(TRUSTED_MODULE_PREFIXES):
+        raise UserError(f'refusing to construct "{name}": only degan classes can be named in configs')
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise UserError(f'"{name}" does not exist in this version of degan') from None
+
+
+def construct_class_by_name(*args: Any, class_name: str, **kwargs: Any) -> Any:
+    """Construct ``class_name(*args, **kwargs)`` where ``class_name`` is a dotted degan name."""
+    cls: Callable[..., Any] = get_obj_by_name(class_name)
+    return cls(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line entry points.
+
+def run_cli(command: Any, argv: Optional[list[str]] = None) -> None:
+    """Run a click command so that user errors and bad flags print one line, not a traceback.
+
+    ``UserError`` → ``error: <message>`` and exit code 1; a click usage error → exit code 2;
+    Ctrl-C → exit code 130.
+    """
+    import click
+    try:
+        command.main(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
+    except click.exceptions.Exit as e:
+        raise SystemExit(e.exit_code) from None
+    except click.ClickException as e:
+        print(f'error: {e.format_message()} (see --help)', file=sys.stderr)
+        raise SystemExit(2) from None
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,94 @@
+"""Thin helpers around ``torch.distributed`` (NCCL on GPUs, gloo on CPU).
+
+Nothing here invents a protocol: processes are started with ``torch.multiprocessing.spawn`` (or
+``torchrun``) and talk only through ``torch.distributed`` collectives. Every helper is a no-op
+when no process group is initialised, so single-process code needs no special cases.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def default_backend(device: torch.device) -> str:
+    """NCCL for CUDA devices, gloo otherwise."""
+    return 'nccl' if device.type == 'cuda' else 'gloo'
+
+
+def find_free_port() -> int:
+    """A free TCP port on the loopback interface (for single-machine process groups)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(('127.0.0.1', 0))
+        return int(s.getsockname()[1])
+
+
+def init_process_group(rank: int, world_size: int, device: torch.device, init_method: Optional[str] = None) -> None:
+    """Join the process group of ``world_size`` processes on this machine.
+
+    ``init_method`` defaults to ``env://`` when ``MASTER_ADDR``/``MASTER_PORT`` are set (torchrun),
+    else it must be given (train.py passes a ``file://`` path in the run directory, as upstream).
+    """
+    if world_size <= 1 or is_initialized():
+        return
+    if init_method is None:
+        if 'MASTER_ADDR' not in os.environ:
+            raise RuntimeError('init_process_group: give init_method or set MASTER_ADDR/MASTER_PORT')
+        init_method = 'env://'
+    kwargs = {}
+    if device.type == 'cuda':
+        kwargs['device_id'] = device
+    dist.init_process_group(backend=default_backend(device), init_method=init_method,
+                            rank=rank, world_size=world_size, **kwargs)
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (identity without a process group)."""
+    if is_initialized() and get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In-place broadcast from ``src`` (identity without a process group)."""
+    if is_initialized() and get_world_size() > 1:
+        dist.broadcast(tensor, src=src)
+    return tensor
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate equally shaped tensors from all ranks along dim 0, in rank order."""
+    if not (is_initialized() and get_world_size() > 1):
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:
+    """Make every parameter and buffer equal to rank ``src``'s copy."""
+    if not (is_initialized() and get_world_size() > 1):
+        return
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(tensor.data, src=src)
+
+
+def barrier() -> None:
+    if is_initialized() and get_world_size() > 1:
+        dist.barrier()

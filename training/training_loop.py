@@ -126,6 +126,15 @@ def make_data_iterator(training_set: Any, rank: int, num_gpus: int, seed: int, s
     return iter(loader)
 
 
+def next_batch(data_iter: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next real batch; a bad image found by a loader worker becomes a one-line UserError."""
+    try:
+        return next(data_iter)
+    except util.UserError as e:  # re-raised by the DataLoader with the worker's traceback appended
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        raise util.UserError(lines[-1].split('UserError: ', 1)[-1] if lines else str(e)) from None
+
+
 def draw_generator_inputs(training_set: Any, num_phases: int, batch_size: int, batch_gpu: int,
                           z_dim: int, device: torch.device):
     """Latents and labels for every phase of one iteration (upstream's draw order)."""
@@ -358,7 +367,7 @@ def training_loop(
     with StopRequest() as stop:
         while True:
             # ---------------------------------------------------------- one iteration
-            real_img, real_c = next(data_iter)
+            real_img, real_c = next_batch(data_iter)
             real_img = (real_img.to(dev).to(torch.float32) / 127.5 - 1).split(batch_gpu)
             real_c = real_c.to(dev).split(batch_gpu)
             all_gen_z, all_gen_c = draw_generator_inputs(training_set, len(phases), batch_size, batch_gpu, G.z_dim, dev)

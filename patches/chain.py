@@ -1,0 +1,418 @@
+"""CHAIN (Ni & Koniusz, CVPR 2024): lipschitz-continuity-constrained normalisation for D.
+
+Backbone-agnostic implementation of methods.md §5 and §9.5–9.6. After a convolution of the
+discriminator, CHAIN replaces batch-norm's two halves:
+
+* **0MR** (zero-mean regulariser, replaces centering): the loss term
+  ``λ(p+p0)·Σ_layers ‖μ(Y)‖²`` with ``μ_c`` the channel mean of the layer input over (b, h, w)
+  (CHAIN Eq. (0MR), generalised with ``p0`` as in the official code, §5.2);
+* **ARMS** (adaptive RMS normalisation, replaces scaling):
+  ``(1−M)⊙Y + M⊙Y·ψ_min/ψ`` with ``M ~ Bernoulli(p)`` per sample **and** channel
+  (CHAIN Eq. (ARMS), §5.1), non-expansive because ``ψ_min/ψ_c ≤ 1``.
+
+Pieces
+------
+``ChainContext``
+    The single per-D state: buffers ``p`` and ``ema_sign`` (float64, saved with D), the hyper-
+    parameters, the label of the current D pass (``dreal`` / ``dfake`` / ``gfake``), the list
+    of 0MR terms of that pass and the p controller ``update_p`` (§9.6).
+``Chain``
+    The layer, variants ``chain`` (cumulative running statistics + custom backward, §5.2) and
+    ``chain_batch`` (the poster's pseudo-code, batch statistics). Buffers only, no parameters.
+``ChainedConv``
+    ``chain(conv(x))`` — a convenience wrapper for plain PyTorch conv stacks.
+
+Ownership of the context
+------------------------
+Exactly one module owns the context as a registered submodule (the discriminator, as
+``D.chain_ctx``), so ``p`` and ``ema_sign`` appear once in D's state dict and follow
+``D.to(device)``. Every ``Chain`` layer holds a plain (unregistered) reference to it, so the
+context is not duplicated in the state dict; ``copy.deepcopy(D)`` keeps the sharing (the copy's
+layers point at the copy's context).
+
+Adopting CHAIN in another PyTorch GAN (a few lines)::
+
+    from patches.chain import Chain, ChainContext, ChainedConv
+
+    class Discriminator(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.chain_ctx = ChainContext(tau=0.5, lambda_=20, p0=0, start_iter=5000)  # owned once
+            self.conv1 = ChainedConv(nn.Conv2d(3, 64, 3, padding=1), Chain(64, self.chain_ctx))
+            ...                                    # CHAIN after each conv, before its activation
+
+    ctx = D.chain_ctx
+    with ctx.pass_('dreal'):                       # real batch alone (never mixed with fakes)
+        real_logits = D(x_real)
+    loss_d = F.softplus(-real_logits).mean() + ctx.zero_mean_loss()
+    with ctx.pass_('dfake'):
+        fake_logits = D(x_fake.detach())
+    loss_d = loss_d + F.softplus(fake_logits).mean() + ctx.zero_mean_loss()
+    ...
+    with ctx.pass_('gfake'):                       # G step: 0MR is zero for this pass
+        g_logits = D(x_fake)
+    ...
+    ctx.update_p(real_logits, iteration)           # once per iteration, after the D step
+
+Decisions where the paper/code are silent are listed in ``DECISIONS`` below (copied into
+patches/README.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, Optional
+
+import torch
+
+from torch_utils import distributed
+
+LABELS = ('dreal', 'dfake', 'gfake')
+VARIANTS = ('chain', 'chain_batch')
+_VARIANT_ALIASES = {'chain': 'chain', 'cumulative': 'chain', 'chain_batch': 'chain_batch', 'batch': 'chain_batch'}
+
+DECISIONS = (
+    'Statistics (0MR means, ψ, running variances, gradient EMAs) are computed in at least FP32; '
+    'the output is cast back to the input dtype (§6).',
+    'With p == 0 a layer returns its input and updates no buffer (running variances included); '
+    'the 0MR term is still computed (§9.5 step order).',
+    'The cumulative variant keeps statistics per process (like non-synchronised BN); only the p '
+    'controller statistic is all-reduced.',
+    'Cumulative backward: the first backward call per forward application (create_graph or not) '
+    'uses the official formula and updates u; later calls through the same node (double-backward '
+    're-entry, repeated retain_graph backward) return the plain VJP g·s/sqrt(v+eps) (the -u·Ŷ term '
+    'is not linear in g and would otherwise be injected twice).',
+    'The R1 pass (label dreal) updates running_var_real and, through its create_graph backward, '
+    'grad_var_dreal (C4: same buffers); it adds no 0MR term (pass_(..., r1=True) or simply not added).',
+    'No 0MR term is computed for gfake or R1 passes (the value would be discarded).',
+    'Eval mode (C5): no buffer updates, cumulative uses the running variance of the label '
+    '(real when unlabelled), output is the expectation (1-p)Y + p·ARMS_{M=1}(Y), plain autograd.',
+    'A training-mode forward outside a labelled pass behaves as eval mode and adds no 0MR term.',
+    'The mask is U <= p with U uniform FP32 from the global torch RNG on Y\'s device; an injected '
+    'mask (tests) replaces the draw but p == 0 still returns Y.',
+    'p is read by the layers as a cached Python float, refreshed when the buffer changes '
+    '(tensor version counter), so layers do not synchronise with the device.',
+    'The p controller skips iterations < start_iter entirely (neither EMA nor p change) and '
+    'iterations without real logits.',
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Context: pass label, 0MR terms, p controller (methods.md §9.6).
+
+class ChainContext(torch.nn.Module):
+    """Shared CHAIN state of one discriminator (methods.md §9.6, §5.2 ``update_p``).
+
+    Buffers (saved with D): ``p`` (float64 0-dim, init 0) and ``ema_sign`` (float64 0-dim, init 0).
+    Register it once in the owning D (``self.chain_ctx = ChainContext(...)``).
+
+    Args:
+        lambda_: 0MR weight λ (default 20, ``--chain-lambda``).
+        p0: 0MR offset p0 (default 0, ``--chain-p0``); the 0MR weight is λ(p+p0).
+        tau: target τ of the EMA of E[sign(D(x_real))] (default 0.5, ``--chain-tau``).
+        dp: step Δp per iteration (default 0.001, ``--chain-dp``).
+        start_iter: first iteration at which p adapts (default 5000, ``--chain-start``).
+        ema_decay: decay of the sign EMA (default 0.9).
+    """
+
+    def __init__(self, lambda_: float = 20.0, p0: float = 0.0, tau: float = 0.5, dp: float = 0.001,
+                 start_iter: int = 5000, ema_decay: float = 0.9) -> None:
+        super().__init__()
+        if lambda_ < 0 or p0 < 0:
+            raise ValueError('ChainContext: lambda_ and p0 must be >= 0')
+        if not 0 <= tau <= 1 or dp <= 0 or start_iter < 0 or not 0 <= ema_decay < 1:
+            raise ValueError('ChainContext: need 0 <= tau <= 1, dp > 0, start_iter >= 0, 0 <= ema_decay < 1')
+        self.lambda_ = float(lambda_)
+        self.p0 = float(p0)
+        self.tau = float(tau)
+        self.dp = float(dp)
+        self.start_iter = int(start_iter)
+        self.ema_decay = float(ema_decay)
+        self.register_buffer('p', torch.zeros([], dtype=torch.float64))
+        self.register_buffer('ema_sign', torch.zeros([], dtype=torch.float64))
+        self.label: Optional[str] = None       # label of the pass in progress (None outside a pass)
+        self.r1: bool = False                  # the pass in progress is an R1 (Dreg) pass
+        self._terms: list[torch.Tensor] = []   # ‖μ‖² of every CHAIN layer in the last pass
+        self._terms_label: Optional[str] = None
+        self._terms_r1: bool = False
+        self._p_key: Optional[tuple[int, int, str]] = None
+        self._p_value: float = 0.0
+
+    # ------------------------------------------------------------------ p as a Python float
+
+    @property
+    def p_value(self) -> float:
+        """Current p as a Python float (cached; re-read only when the buffer changed)."""
+        key = _tensor_key(self.p)
+        if key is None or key != self._p_key:
+            self._p_value = float(self.p)
+            self._p_key = key
+        return self._p_value
+
+    @property
+    def ema_value(self) -> float:
+        """Current EMA a of E[sign(D(x_real))] (reads the buffer; for logging)."""
+        return float(self.ema_sign)
+
+    def set_p(self, value: float) -> None:
+        """Overwrite p (clamped to [0, 1]); for tests, resume tools and manual schedules."""
+        with torch.no_grad():
+            self.p.fill_(min(max(float(value), 0.0), 1.0))
+        self._p_key = None
+
+    # ------------------------------------------------------------------ labelled passes
+
+    @contextlib.contextmanager
+    def pass_(self, label: str, r1: bool = False) -> Iterator['ChainContext']:
+        """Label one D forward (§9.6 step 1): ``with ctx.pass_('dreal'): logits = D(x)``.
+
+        Clears the 0MR list on entry. ``r1=True`` marks the R1 (Dreg) pass, whose
+        ``zero_mean_loss()`` is 0 (C4); it still runs CHAIN with the ``dreal`` buffers.
+        The collected terms stay available after the block until the next pass begins.
+        """
+        if label not in LABELS:
+            raise ValueError(f'ChainContext.pass_: label must be one of {LABELS}, got {label!r}')
+        if self.label is not None:
+            raise RuntimeError(f'ChainContext.pass_({label!r}) inside pass {self.label!r}: passes do not nest')
+        self._terms = []
+        self._terms_label = label
+        self._terms_r1 = bool(r1)
+        self.label, self.r1 = label, bool(r1)
+        try:
+            yield self
+        finally:
+            self.label, self.r1 = None, False
+
+    def add_zero_mean_term(self, sq_norm: torch.Tensor) -> None:
+        """Record one layer's ‖μ‖² for the pass in progress (called by ``Chain``)."""
+        self._terms.append(sq_norm)
+
+    def wants_zero_mean_terms(self) -> bool:
+        """True while a pass is in progress whose 0MR term enters the loss (dreal/dfake, not R1)."""
+        return self.label in ('dreal', 'dfake') and not self.r1
+
+    def zero_mean_loss(self) -> torch.Tensor:
+        """0MR of the last pass: λ(p+p0)·Σ_layers ‖μ‖² (CHAIN Eq. (0MR), §5.2); 0 for gfake / R1.
+
+        Differentiable w.r.t. the features (p is a constant). Computed (with zero weight) also
+        when p = p0 = 0, so the graph is the same at every iteration.
+        """
+        if not self._terms or self._terms_label not in ('dreal', 'dfake') or self._terms_r1:
+            return torch.zeros([], dtype=torch.float32, device=self.p.device)
+        weight = self.lambda_ * (self.p_value + self.p0)
+        return torch.stack([t.reshape([]) for t in self._terms]).sum() * weight
+
+    def extra_loss(self) -> torch.Tensor:
+        """Alias of ``zero_mean_loss`` (the loss' ``DiscriminatorPassContext`` hook)."""
+        return self.zero_mean_loss()
+
+    # ------------------------------------------------------------------ p controller
+
+    def update_p(self, real_logits: Optional[torch.Tensor], iteration: int) -> float:
+        """p controller (§9.6 step 3, C2): call once per iteration after Dmain; returns p.
+
+        For ``iteration >= start_iter``: a ← d·a + (1−d)·mean(sign(l_real)) with the mean taken
+        over all elements of all ranks (all-reduced sum and count), then
+        p ← clip(p + Δp·sign(a − τ), 0, 1). Every rank must call it (collective).
+        """
+        if real_logits is None or iteration < self.start_iter:
+            return self.p_value
+        logits = real_logits.detach()
+        stat = torch.stack([logits.sign().sum(dtype=torch.float64),
+                            torch.tensor(float(logits.numel()), dtype=torch.float64, device=logits.device)])
+        distributed.all_reduce_sum_(stat)
+        sign_sum, count, a_old, p_old = torch.cat([stat, torch.stack([self.ema_sign, self.p]).to(stat.device)]).tolist()
+        if count <= 0:
+            return self.p_value
+        a = self.ema_decay * a_old + (1 - self.ema_decay) * (sign_sum / count)
+        p = min(max(p_old + self.dp * _sign(a - self.tau), 0.0), 1.0)
+        with torch.no_grad():
+            self.ema_sign.fill_(a)
+            self.p.fill_(p)
+        self._p_value, self._p_key = p, _tensor_key(self.p)
+        return p
+
+    def extra_repr(self) -> str:
+        return (f'lambda_={self.lambda_:g}, p0={self.p0:g}, tau={self.tau:g}, dp={self.dp:g}, '
+                f'start_iter={self.start_iter}, ema_decay={self.ema_decay:g}')
+
+
+def _tensor_key(t: torch.Tensor) -> Optional[tuple[int, int, str]]:
+    """Identity + in-place version of a tensor (no device sync); None if unavailable."""
+    try:
+        return (id(t), int(t._version), str(t.device))
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# ARMS pieces.
+
+def draw_mask(batch: int, channels: int, p: float, device: torch.device) -> torch.Tensor:
+    """Bernoulli(p) mask M = [U ≤ p] of shape [B, C, 1, 1] (bool), U ~ U[0,1) FP32 (§9.5 step 3)."""
+    return torch.rand([batch, channels, 1, 1], device=device) <= p
+
+
+def zero_mean_sq_norm(y: torch.Tensor) -> torch.Tensor:
+    """‖μ‖² = Σ_c (mean_{b,h,w} Y_bchw)² (CHAIN Eq. (0MR) without its weight, §5.1)."""
+    return y.mean(dim=(0, 2, 3)).square().sum()
+
+
+def batch_arms_full(y: torch.Tensor, eps: float) -> torch.Tensor:
+    """ARMS with M = 1, batch statistics: Y·ψ_min/ψ, ψ_c = sqrt(mean Y² + ε), ψ_min detached (§5.2)."""
+    psi = (y.square().mean(dim=(0, 2, 3), keepdim=True) + eps).sqrt()
+    return y * (psi.detach().min() / psi)
+
+
+class _CumulativeARMS(torch.autograd.Function):
+    """Z = Ŷ·s with Ŷ = Y/sqrt(v+ε), s = sqrt(min v); custom backward of the official ``chain`` (§5.2).
+
+    Backward with incoming g: g' = g·s, φ_c = mean_{b,h,w}(Ŷ⊙g'), u ← d·u + (1−d)·φ (the
+    ``grad_var_<label>`` buffer), dY = (g' − u⊙Ŷ)/sqrt(v+ε). v, s and u are constants; the
+    backward is written with differentiable ops in g and the saved Y, so ``create_graph=True``
+    (R1, C4) works and the R1 penalty is differentiated through Ŷ(Y) as well.
+
+    Only the **first** backward call through one application is the official formula (and
+    updates u). A later call through the same node — the re-entry of a double backward, when the
+    R1 penalty reaches Z through a downstream derivative, or a repeated ``retain_graph`` backward
+    — returns the plain vector-Jacobian product of the forward, g·s/sqrt(v+ε): the −u⊙Ŷ term
+    does not scale with g (it is emitted even for g = 0), so repeating it would inject the
+    projection a second time.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, inv_std: torch.Tensor, s: torch.Tensor,  # type: ignore[override]
+                grad_var: torch.Tensor, decay: float) -> torch.Tensor:
+        ctx.save_for_backward(y, inv_std, s)
+        ctx.grad_var = grad_var
+        ctx.decay = decay
+        ctx.first_done = False
+        return y * inv_std * s
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        y, inv_std, s = ctx.saved_tensors
+        g1 = g * s
+        if ctx.first_done:  # re-entry: plain vector-Jacobian product of the forward (v, s constant)
+            return g1 * inv_std, None, None, None, None
+        ctx.first_done = True
+        y_hat = y * inv_std
+        with torch.no_grad():
+            phi = (y_hat * g1).mean(dim=(0, 2, 3), keepdim=True)
+            u = ctx.decay * ctx.grad_var.to(phi.dtype) + (1 - ctx.decay) * phi
+            ctx.grad_var.copy_(u)
+        dy = (g1 - u * y_hat) * inv_std
+        return dy, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer (methods.md §9.5).
+
+class Chain(torch.nn.Module):
+    """CHAIN layer: 0MR term + ARMS, placed after a conv (bias included), before the activation.
+
+    Args:
+        num_features: channel count C of the input [B, C, H, W].
+        context: the D's ``ChainContext`` (held unregistered; D must register it once).
+        variant: ``'chain'`` (cumulative, default of the official code) or ``'chain_batch'``
+            (poster pseudo-code); ``'cumulative'`` / ``'batch'`` are accepted aliases.
+        decay: EMA decay of the running variances and gradient coefficients (0.9).
+        eps: ε in sqrt(· + ε) (1e-5).
+
+    Buffers (cumulative only): ``running_var_real``, ``running_var_fake`` (ones [1,C,1,1]),
+    ``grad_var_dreal``, ``grad_var_dfake``, ``grad_var_gfake`` (zeros [1,C,1,1]).
+    """
+
+    def __init__(self, num_features: int, context: ChainContext, variant: str = 'chain',
+                 decay: float = 0.9, eps: float = 1e-5) -> None:
+        super().__init__()
+        if variant not in _VARIANT_ALIASES:
+            raise ValueError(f'Chain: variant must be one of {VARIANTS}, got {variant!r}')
+        if not isinstance(context, ChainContext):
+            raise TypeError('Chain: context must be a ChainContext')
+        self.num_features = int(num_features)
+        self.variant = _VARIANT_ALIASES[variant]
+        self.decay = float(decay)
+        self.eps = float(eps)
+        object.__setattr__(self, '_context', context)  # plain reference: not a submodule
+        if self.variant == 'chain':
+            shape = [1, self.num_features, 1, 1]
+            self.register_buffer('running_var_real', torch.ones(shape))
+            self.register_buffer('running_var_fake', torch.ones(shape))
+            for label in LABELS:
+                self.register_buffer(f'grad_var_{label}', torch.zeros(shape))
+
+    @property
+    def context(self) -> ChainContext:
+        return self._context
+
+    def forward(self, y: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """§9.5: 0MR term of the input; identity if p == 0; else (1−M)Y + M·Z, cast to Y's dtype.
+
+        ``mask`` (bool or 0/1, broadcastable to [B, C, 1, 1]) replaces the random draw (tests).
+        """
+        if y.ndim != 4 or y.shape[1] != self.num_features:
+            raise ValueError(f'Chain: expected [B, {self.num_features}, H, W], got {list(y.shape)}')
+        ctx = self._context
+        y32 = y.to(torch.promote_types(y.dtype, torch.float32))
+        if ctx.wants_zero_mean_terms():
+            ctx.add_zero_mean_term(zero_mean_sq_norm(y32))
+        p = ctx.p_value
+        if p == 0:
+            return y
+        labelled = ctx.label is not None
+        if not (self.training and labelled):
+            return self._expected(y32, p).to(y.dtype)
+        if mask is None:
+            mask = draw_mask(y.shape[0], y.shape[1], p, y.device)
+        mask = mask.to(device=y.device, dtype=torch.bool)
+        z = batch_arms_full(y32, self.eps) if self.variant == 'chain_batch' else self._cumulative(y32, ctx.label)
+        return torch.where(mask, z, y32).to(y.dtype)
+
+    # ------------------------------------------------------------------ variants
+
+    def _cumulative(self, y: torch.Tensor, label: str) -> torch.Tensor:
+        """Training forward of ``chain``: update v of label', then Z with the custom backward (§5.2)."""
+        v_buf = self.running_var_real if label == 'dreal' else self.running_var_fake
+        with torch.no_grad():
+            v_buf.mul_(self.decay).add_(y.detach().square().mean(dim=(0, 2, 3), keepdim=True).to(v_buf.dtype),
+                                        alpha=1 - self.decay)
+        v = v_buf.detach().to(y.dtype).clone()
+        inv_std = (v + self.eps).rsqrt()
+        s = v.min().sqrt()
+        return _CumulativeARMS.apply(y, inv_std, s, getattr(self, f'grad_var_{label}'), self.decay)
+
+    def _expected(self, y: torch.Tensor, p: float) -> torch.Tensor:
+        """Eval / unlabelled forward (C5): (1−p)·Y + p·ARMS_{M=1}(Y), no buffer updates."""
+        if self.variant == 'chain_batch':
+            z = batch_arms_full(y, self.eps)
+        else:
+            label = self._context.label
+            v = (self.running_var_fake if label in ('dfake', 'gfake') else self.running_var_real).to(y.dtype)
+            z = y * (v.min().sqrt() / (v + self.eps).sqrt())
+        return y * (1 - p) + z * p
+
+    def extra_repr(self) -> str:
+        return f'num_features={self.num_features}, variant={self.variant}, decay={self.decay:g}, eps={self.eps:g}'
+
+
+class ChainedConv(torch.nn.Module):
+    """``chain(conv(x))``: CHAIN directly after a convolution (bias included), §5.2 placement."""
+
+    def __init__(self, conv: torch.nn.Module, chain: Chain) -> None:
+        super().__init__()
+        self.conv = conv
+        self.chain = chain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.chain(self.conv(x))
+
+
+def chain_layers(module: torch.nn.Module) -> list[Chain]:
+    """All CHAIN layers inside ``module`` (e.g. for logging or per-layer inspection)."""
+    return [m for m in module.modules() if isinstance(m, Chain)]

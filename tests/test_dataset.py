@@ -1,0 +1,331 @@
+"""Tests for training/dataset.py and training/builtin_dataset.py (issue "Foundation I", items 4–5)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import time
+import zipfile
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from dnnlib.util import UserError
+from training import builtin_dataset
+from training.builtin_dataset import ensure_builtin_dataset, generate_builtin_images, generate_builtin_labels
+from training.dataset import DatasetWriter, ImageFolderDataset, image_to_array, list_image_files, open_image_source
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    """Keep the built-in zip out of the user's cache."""
+    monkeypatch.setenv('DEGAN_CACHE_DIR', str(tmp_path / 'cache'))
+
+
+def _save_png(path, array, mode=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    PIL.Image.fromarray(array, mode).save(path)
+
+
+def _make_folder(root, n=6, res=8, seed=0, labels=None):
+    """A folder of random RGB PNGs under nested names; returns the images in sorted-name order."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=[n, res, res, 3], dtype=np.uint8)
+    names = [f'{"b" if i % 2 else "a"}/img{i:03d}.png' for i in range(n)]
+    for name, img in zip(names, images):
+        _save_png(os.path.join(root, name), img)
+    if labels is not None:
+        with open(os.path.join(root, 'dataset.json'), 'w') as f:
+            json.dump({'labels': [[name, lab] for name, lab in zip(names, labels)]}, f)
+    order = sorted(range(n), key=lambda i: names[i])
+    return images[order], [names[i] for i in order], None if labels is None else [labels[i] for i in order]
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in dataset.
+
+def test_builtin_deterministic_shape_and_fast():
+    t0 = time.process_time()
+    a = generate_builtin_images(64, 100)
+    elapsed = time.process_time() - t0
+    b = generate_builtin_images(64, 100)
+    assert a.shape == (100, 64, 64, 3) and a.dtype == np.uint8
+    assert a.tobytes() == b.tobytes()
+    assert elapsed < 2.0, f'generating 100 64x64 images took {elapsed:.2f} s of CPU'
+    # Image i does not depend on how many images are drawn; another seed gives other images.
+    assert np.array_equal(generate_builtin_images(64, 7), a[:7])
+    assert not np.array_equal(generate_builtin_images(64, 7, seed=1), a[:7])
+
+
+def test_builtin_golden_checksum():
+    # Guards bit-identity across machines/numpy versions. If the drawing is changed on purpose,
+    # bump BUILTIN_VERSION (so stale cached zips are not reused) and update this checksum.
+    digest = hashlib.sha256(generate_builtin_images(16, 8).tobytes()).hexdigest()
+    assert builtin_dataset.BUILTIN_VERSION == 1
+    assert digest == GOLDEN_SHA256_16x8
+
+
+GOLDEN_SHA256_16x8 = 'bfa9848f2ae8104bdbdbd7f0373a75c58dc0673c009482e47c48f8c75c62ffad'
+
+
+def test_builtin_images_are_structured_and_varied():
+    imgs = generate_builtin_images(32, 100).astype(np.float64)
+    flat = imgs.reshape(100, -1)
+    # Every image has content (not flat) and no two images are identical.
+    assert flat.std(axis=1).min() > 25
+    assert len({row.tobytes() for row in imgs.astype(np.uint8)}) == 100
+    # Consistent layout: the mean image is itself structured (a face in the middle, unlike the
+    # mean of images with random layouts, which would be nearly flat).
+    mean = imgs.mean(axis=0).mean(axis=2)
+    assert mean.std() > 15
+    # Controlled variation: pixels differ substantially across images everywhere.
+    assert imgs.std(axis=0).mean() > 30
+
+
+def test_builtin_labels_match_hair_colour():
+    res, n = 32, 100
+    imgs = generate_builtin_images(res, n).astype(np.float64)
+    labels = generate_builtin_labels(n)
+    assert labels.shape == (n,) and labels.dtype == np.int64 and set(labels.tolist()) == {0, 1, 2, 3}
+    # The hair sits above the eyes in the middle of the image: rows 22–32 %, columns 40–60 %.
+    region = imgs[:, int(0.22 * res):int(0.32 * res), int(0.4 * res):int(0.6 * res)].mean(axis=(1, 2, 3))
+    brightness = [region[labels == k].mean() for k in range(4)]
+    assert brightness[0] < brightness[1] < brightness[2]  # black < brown < blond
+
+
+def test_builtin_rejects_bad_resolution():
+    for res in (0, 3, 48, 2048):
+        with pytest.raises(UserError, match='power of two'):
+            generate_builtin_images(res, 2)
+
+
+def test_ensure_builtin_dataset_written_once(tmp_path, monkeypatch):
+    path = ensure_builtin_dataset(16, 100)
+    assert path.startswith(str(tmp_path / 'cache' / 'datasets')) and os.path.isfile(path)
+    stat = os.stat(path)
+    monkeypatch.setattr(builtin_dataset, 'generate_builtin_images', lambda *a, **k: pytest.fail('regenerated'))
+    assert ensure_builtin_dataset(16, 100) == path
+    assert os.stat(path).st_mtime_ns == stat.st_mtime_ns
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        assert all(info.compress_type == zipfile.ZIP_STORED for info in z.infolist())
+    assert '00000/img00000000.png' in names and '00000/img00000099.png' in names and 'dataset.json' in names
+    assert not [f for f in os.listdir(os.path.dirname(path)) if f.endswith('.tmp')]
+
+
+def test_builtin_through_image_folder_dataset():
+    expected = generate_builtin_images(16, 100)
+    labels = generate_builtin_labels(100)
+    ds = ImageFolderDataset('builtin:16', use_labels=True)
+    assert len(ds) == 100 and ds.name == 'builtin16' and ds.resolution == 16 and ds.num_channels == 3
+    assert ds.has_labels and ds.has_onehot_labels and ds.label_shape == [4]
+    for i in (0, 57, 99):
+        img, label = ds[i]
+        assert np.array_equal(img, expected[i].transpose(2, 0, 1))
+        assert np.array_equal(label, np.eye(4, dtype=np.float32)[labels[i]])
+    # 'builtin' takes the requested resolution; a contradicting one is a one-line error.
+    assert ImageFolderDataset('builtin', resolution=16).name == 'builtin'
+    assert ImageFolderDataset('builtin', resolution=16).resolution == 16
+    with pytest.raises(UserError, match='resolution=32'):
+        ImageFolderDataset('builtin:16', resolution=32)
+    assert list_image_files('builtin:16')[:2] == ['00000/img00000000.png', '00000/img00000001.png']
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageFolderDataset.
+
+def test_folder_order_pixels_and_onehot_labels(tmp_path):
+    images, names, labels = _make_folder(tmp_path / 'd', n=6, labels=[2, 0, 1, 2, 0, 1])
+    (tmp_path / 'd' / 'notes.txt').write_text('not an image')
+    (tmp_path / 'd' / '.DS_Store').write_bytes(b'\0\1')
+    assert list_image_files(str(tmp_path / 'd')) == names
+    ds = ImageFolderDataset(str(tmp_path / 'd'), use_labels=True)
+    assert ds.name == 'd' and len(ds) == 6 and ds.image_shape == [3, 8, 8] and ds.label_dim == 3
+    for i in range(6):
+        img, label = ds[i]
+        assert img.dtype == np.uint8 and np.array_equal(img, images[i].transpose(2, 0, 1))
+        assert label.dtype == np.float32 and np.array_equal(label, np.eye(3)[labels[i]])
+        assert ds.get_details(i).raw_label == labels[i]
+    # Without use_labels the label vector is empty.
+    ds = ImageFolderDataset(str(tmp_path / 'd'))
+    assert not ds.has_labels and ds.label_dim == 0 and ds[0][1].shape == (0,)
+
+
+def test_vector_labels(tmp_path):
+    vecs = [[0.5, -1.0], [1.5, 2.0], [0.0, 0.25]]
+    _, _, labels = _make_folder(tmp_path / 'd', n=3, labels=vecs)
+    ds = ImageFolderDataset(str(tmp_path / 'd'), use_labels=True)
+    assert ds.label_shape == [2] and not ds.has_onehot_labels
+    for i in range(3):
+        assert np.array_equal(ds.get_label(i), np.array(labels[i], dtype=np.float32))
+
+
+def test_xflip_doubles_with_mirrored_copies(tmp_path):
+    images, _, _ = _make_folder(tmp_path / 'd', n=4, labels=[0, 1, 2, 3])
+    ds = ImageFolderDataset(str(tmp_path / 'd'), xflip=True, use_labels=True)
+    assert len(ds) == 8
+    for i in range(4):
+        assert np.array_equal(ds[i][0], images[i].transpose(2, 0, 1))
+        mirrored = ds[i + 4][0]
+        assert np.array_equal(mirrored, images[i][:, ::-1].transpose(2, 0, 1))
+        assert ds.get_details(i + 4).xflip and not ds.get_details(i).xflip
+        assert ds.get_details(i + 4).raw_idx == i
+        assert np.array_equal(ds[i + 4][1], ds[i][1])
+
+
+def test_max_size_subset_is_seeded_sorted_and_deterministic(tmp_path):
+    n, k = 20, 7
+    _make_folder(tmp_path / 'd', n=n, res=4)
+    path = str(tmp_path / 'd')
+    a = ImageFolderDataset(path, max_size=k, random_seed=3)
+    b = ImageFolderDataset(path, max_size=k, random_seed=3)
+    c = ImageFolderDataset(path, max_size=k, random_seed=4)
+    ids = [a.get_details(i).raw_idx for i in range(len(a))]
+    assert len(a) == k and ids == sorted(ids) and len(set(ids)) == k
+    assert ids == [b.get_details(i).raw_idx for i in range(k)]
+    assert ids != [c.get_details(i).raw_idx for i in range(k)]
+    # Upstream semantics: a seeded permutation (legacy RandomState), first k, sorted.
+    assert ids == sorted(np.random.RandomState(3).permutation(n)[:k].tolist())
+    assert len(ImageFolderDataset(path, max_size=n + 5)) == n
+    both = ImageFolderDataset(path, max_size=k, random_seed=3, xflip=True)
+    assert len(both) == 2 * k and [both.get_details(i).raw_idx for i in range(2 * k)] == ids * 2
+
+
+def test_zip_equals_folder_and_pickles(tmp_path):
+    images, names, _ = _make_folder(tmp_path / 'd', n=5, labels=[0, 1, 0, 1, 1])
+    zpath = tmp_path / 'd.zip'
+    with zipfile.ZipFile(zpath, 'w') as z:
+        for name in names + ['dataset.json']:
+            z.write(tmp_path / 'd' / name, name)
+    dz = ImageFolderDataset(str(zpath), use_labels=True)
+    dd = ImageFolderDataset(str(tmp_path / 'd'), use_labels=True)
+    assert dz.name == 'd' and len(dz) == len(dd) == 5
+    for i in range(5):
+        assert np.array_equal(dz[i][0], dd[i][0]) and np.array_equal(dz[i][1], dd[i][1])
+    clone = pickle.loads(pickle.dumps(dz))
+    assert np.array_equal(clone[3][0], images[3].transpose(2, 0, 1))
+
+
+def test_dataloader_worker_reads_zip(tmp_path):
+    images, names, _ = _make_folder(tmp_path / 'd', n=6)
+    zpath = tmp_path / 'd.zip'
+    with zipfile.ZipFile(zpath, 'w') as z:
+        for name in names:
+            z.write(tmp_path / 'd' / name, name)
+    ds = ImageFolderDataset(str(zpath), xflip=True)
+    ds[0]  # open the zip in this process first; the worker must open its own handle
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, shuffle=False)
+    got = torch.cat([x for x, _ in loader]).numpy()
+    expected = np.concatenate([images, images[:, :, ::-1]]).transpose(0, 3, 1, 2)
+    assert got.shape == (12, 3, 8, 8) and np.array_equal(got, expected)
+
+
+def test_grayscale_dataset_and_gray_in_rgb(tmp_path):
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, size=[8, 8], dtype=np.uint8)
+    _save_png(str(tmp_path / 'g' / 'a.png'), gray, 'L')
+    ds = ImageFolderDataset(str(tmp_path / 'g'))
+    assert ds.num_channels == 1 and np.array_equal(ds[0][0][0], gray)
+    rgb = rng.integers(0, 256, size=[8, 8, 3], dtype=np.uint8)
+    _save_png(str(tmp_path / 'm' / 'a.png'), rgb)
+    _save_png(str(tmp_path / 'm' / 'b.png'), gray, 'L')
+    ds = ImageFolderDataset(str(tmp_path / 'm'))
+    assert ds.num_channels == 3 and np.array_equal(ds[1][0], np.stack([gray] * 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Image decoding.
+
+def test_image_to_array_modes():
+    rng = np.random.default_rng(2)
+    rgba = rng.integers(0, 256, size=[5, 6, 4], dtype=np.uint8)
+    arr, note = image_to_array(PIL.Image.fromarray(rgba, 'RGBA'))
+    expected = np.floor(rgba[..., :3].astype(np.float64) * rgba[..., 3:] / 255 + 0.5)
+    assert note == 'alpha' and arr.shape == (5, 6, 3) and np.array_equal(arr, expected)
+
+    v16 = rng.integers(0, 65536, size=[5, 6]).astype(np.uint16)
+    buf = io.BytesIO()
+    PIL.Image.fromarray(v16).save(buf, format='png')
+    arr, note = image_to_array(PIL.Image.open(io.BytesIO(buf.getvalue())))
+    assert note == '16bit' and arr.shape == (5, 6, 1)
+    assert np.array_equal(arr[..., 0], np.round(v16 / 257.0))
+
+    pal = PIL.Image.fromarray(rng.integers(0, 256, size=[5, 6, 3], dtype=np.uint8)).convert('P')
+    arr, note = image_to_array(pal)
+    assert note is None and np.array_equal(arr, np.asarray(pal.convert('RGB')))
+
+    bits = PIL.Image.fromarray(rng.integers(0, 2, size=[5, 6], dtype=np.uint8) * 255).convert('1')
+    arr, _ = image_to_array(bits)
+    assert arr.shape == (5, 6, 1) and set(np.unique(arr).tolist()) <= {0, 255}
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad datasets.
+
+def test_bad_datasets_give_one_line_errors(tmp_path):
+    with pytest.raises(UserError, match='does not exist'):
+        ImageFolderDataset(str(tmp_path / 'missing'))
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'empty' / 'readme.txt').write_text('x')
+    with pytest.raises(UserError, match='no image files'):
+        ImageFolderDataset(str(tmp_path / 'empty'))
+    _save_png(str(tmp_path / 'wide' / 'a.png'), np.zeros([8, 16, 3], np.uint8))
+    with pytest.raises(UserError, match=r'16x8.*dataset_tool\.py.*--transform=center-crop') as e:
+        ImageFolderDataset(str(tmp_path / 'wide'))
+    assert '\n' not in str(e.value)
+    _save_png(str(tmp_path / 'odd' / 'a.png'), np.zeros([12, 12, 3], np.uint8))
+    with pytest.raises(UserError, match=r'power-of-two.*--resolution=8x8'):
+        ImageFolderDataset(str(tmp_path / 'odd'))
+    _make_folder(tmp_path / 'ok', n=2)
+    with pytest.raises(UserError, match='resolution=16'):
+        ImageFolderDataset(str(tmp_path / 'ok'), resolution=16)
+    (tmp_path / 'file.bin').write_bytes(b'abc')
+    with pytest.raises(UserError, match='neither a folder nor a zip'):
+        ImageFolderDataset(str(tmp_path / 'file.bin'))
+
+
+def test_corrupt_image_read_during_training_names_file(tmp_path):
+    _, names, _ = _make_folder(tmp_path / 'd', n=3)
+    bad = tmp_path / 'd' / names[1]
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated PNG
+    ds = ImageFolderDataset(str(tmp_path / 'd'))
+    ds[0]
+    with pytest.raises(UserError, match=names[1].replace('/', '.')):
+        ds[1]
+    _save_png(str(tmp_path / 'd' / names[2]), np.zeros([4, 4, 3], np.uint8))
+    with pytest.raises(UserError, match='4x4 but the dataset is 8x8'):
+        ImageFolderDataset(str(tmp_path / 'd'))[2]
+
+
+def test_bad_labels(tmp_path):
+    _make_folder(tmp_path / 'd', n=3)
+    (tmp_path / 'd' / 'dataset.json').write_text(json.dumps({'labels': [['a/img000.png', 1]]}))
+    with pytest.raises(UserError, match=r'no label for a/img002\.png'):
+        ImageFolderDataset(str(tmp_path / 'd'), use_labels=True).label_shape
+    (tmp_path / 'd' / 'dataset.json').write_text('{not json')
+    with pytest.raises(UserError, match='not valid JSON'):
+        ImageFolderDataset(str(tmp_path / 'd'), use_labels=True).label_shape
+    (tmp_path / 'd' / 'dataset.json').write_text(json.dumps({'labels': None}))
+    assert not ImageFolderDataset(str(tmp_path / 'd'), use_labels=True).has_labels
+
+
+def test_writer_is_atomic(tmp_path):
+    dest = tmp_path / 'new' / 'sub' / 'out.zip'
+    with pytest.raises(RuntimeError):
+        with DatasetWriter(str(dest)) as w:
+            w.add_image(np.zeros([4, 4, 3], np.uint8), label=1)
+            raise RuntimeError('boom')
+    assert not (tmp_path / 'new').exists()  # nothing left, not even the parent folders it created
+    with DatasetWriter(str(tmp_path / 'folder')) as w:
+        w.add_image(np.full([4, 4, 3], 7, np.uint8), label=1)
+        w.add_image(np.full([4, 4], 9, np.uint8), label=0)
+    ds = ImageFolderDataset(str(tmp_path / 'folder'), use_labels=True)
+    assert sorted(os.listdir(tmp_path)) == ['folder']
+    assert ds[1][0].shape == (3, 4, 4) and int(ds[1][0][0, 0, 0]) == 9 and ds.label_shape == [2]
+    with open_image_source(str(tmp_path / 'folder')) as src:
+        assert src.image_names == ['00000/img00000000.png', '00000/img00000001.png']

@@ -202,7 +202,7 @@ class KController:
     * linear (Sinha et al., A12): k = max(R(γ^e·B), R(ν·B), 1), e = ⌊cur_nimg / N⌋ with N the
       training-set length; R = ceil (default) or floor.
 
-    ``step`` records (batch_idx, k, p) of the iteration that just finished in a bounded
+    ``step`` records (batch_idx − 1, k, p) of the iteration that just finished in a bounded
     ``history`` (Fig. 14), emptied by ``pop_history``.
     """
 
@@ -272,7 +272,8 @@ class KController:
              record: bool = True) -> int:
         """End of an iteration (batch_idx already incremented): record it, then update k. Returns k.
 
-        The record is (batch_idx − 1, k that iteration used, p); ``p`` drives the update (A1).
+        The record is (batch_idx − 1, the k that iteration used, ``p``); ``p`` — the newest p,
+        after this iteration's tracker update — drives the update (A1).
         """
         if record:
             self.record(int(batch_idx) - 1, p)
@@ -303,6 +304,8 @@ class KController:
         k = int(state['k'])
         if not 1 <= k <= self.batch_size:
             raise ValueError(f'ATop-k: snapshot k={k} outside [1, {self.batch_size}]')
+        if self.mode in ('fixed', 'worst') and k != self._k:
+            raise ValueError(f'ATop-k: the snapshot used --topk-k={k}, this run {self._k}')
         self._k = k
         self.num_draws = int(state.get('num_draws', 0))
         rng_state = state['rng_state']
@@ -406,12 +409,13 @@ class ATopk:
     def end_iteration(self, batch_idx: int, cur_nimg: int, dataset_size: Optional[int] = None) -> int:
         """Spec §9.7 tail for ATop-k (after ``batch_idx += 1``): own tracker update when due, then k.
 
+        Records the trace entry (iteration batch_idx − 1, k its G step used, p after this
+        iteration's tracker update — the p that drives the k update), whichever tracker is used.
         Collective when torch.distributed is initialised (the tracker all-reduces). Returns k.
         """
-        self.controller.record(int(batch_idx) - 1, self.p)  # the (k, p) in effect during the iteration
         if self.owns_tracker:
             self.tracker.update(batch_idx)
-        return self.controller.step(batch_idx, p=self.p, cur_nimg=cur_nimg, dataset_size=dataset_size, record=False)
+        return self.controller.step(batch_idx, p=self.p, cur_nimg=cur_nimg, dataset_size=dataset_size)
 
     def pop_history(self) -> list[dict[str, Any]]:
         """Per-iteration trace since the last call: [{'batch_idx', 'k', 'p'}] (Fig. 14)."""

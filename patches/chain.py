@@ -61,7 +61,6 @@ patches/README.md).
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Iterator, Optional
 
 import torch
@@ -83,6 +82,9 @@ DECISIONS = (
     'uses the official formula and updates u; later calls through the same node (double-backward '
     're-entry, repeated retain_graph backward) return the plain VJP g·s/sqrt(v+eps) (the -u·Ŷ term '
     'is not linear in g and would otherwise be injected twice).',
+    'Consequence for a phase that computes R1 and the real loss from one forward (Dboth): the R1 '
+    'create_graph backward is the first call, so the real loss gradient gets the plain VJP there; '
+    'lazy R1 (Dreg every 16) keeps Dmain on the official formula.',
     'The R1 pass (label dreal) updates running_var_real and, through its create_graph backward, '
     'grad_var_dreal (C4: same buffers); it adds no 0MR term (pass_(..., r1=True) or simply not added).',
     'No 0MR term is computed for gfake or R1 passes (the value would be discarded).',

@@ -6,7 +6,8 @@ Inputs (written by the training loop into the run directory):
   ``Progress/kimg``, ``Loss/scores/real``, ``Loss/scores/fake`` and, for ATop-k runs,
   ``ATopk/k``, ``ATopk/p``, ``ATopk/selected_fraction`` and ``ATopk/D_gap``;
 * ``atopk-trace.jsonl`` — one line per iteration, ``{"batch_idx": t, "k": k_t, "p": p_t}``:
-  the k used by iteration t's G step and the p in effect during it (``patches.atopk``).
+  the k used by iteration t's G step and p after iteration t's tracker update (the p that
+  drew k_{t+1}; ``patches.atopk``).
 
 Figures (methods.md §1.1, Appendix B.6 of the paper):
 

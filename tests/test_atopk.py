@@ -464,6 +464,19 @@ def test_validation_errors(kwargs, match):
         ATopk(**kwargs)
 
 
+def test_resume_with_other_settings_is_an_error():
+    state = ATopk(mode='fixed', batch_size=8, k=3).state_dict()
+    with pytest.raises(ValueError, match='topk-k=3'):
+        ATopk(mode='fixed', batch_size=8, k=5).load_state_dict(state)
+    with pytest.raises(ValueError, match='batch'):
+        ATopk(mode='fixed', batch_size=4, k=3).load_state_dict(state)
+    with pytest.raises(ValueError, match='mode'):
+        ATopk(mode='worst', batch_size=8, k=3).load_state_dict(state)
+    with pytest.raises(ValueError, match='atopk-p'):
+        ATopk(mode='fixed', batch_size=8, k=3, p_source='ada',
+              shared_tracker=OverfitTracker(batch_size=8)).load_state_dict(state)
+
+
 def test_batch_mismatch_and_linear_without_dataset_size_are_errors():
     atopk = ATopk(mode='fixed', batch_size=8, k=2)
     with pytest.raises(ValueError, match='whole batch of 8'):
@@ -481,13 +494,13 @@ def test_reports_and_history_trace(tmp_path):
         logits = torch.arange(B, dtype=torch.float32)
         k_used = atopk.k
         atopk.reduce_generator_loss(F.softplus(-logits), logits)
-        p_used = atopk.p
+        p_during = atopk.p
         atopk.end_iteration(b, b * B)
         entry = atopk.controller.history[-1]
-        assert entry == (b - 1, k_used, p_used)
+        assert entry == (b - 1, k_used, atopk.p)  # p after this iteration's tracker update
         got = dict((n, v) for n, v in reports[-3:])
         assert got['ATopk/k'] == k_used
-        assert float(got['ATopk/p']) == pytest.approx(p_used)
+        assert float(got['ATopk/p']) == pytest.approx(p_during)
         assert float(got['ATopk/selected_fraction']) == pytest.approx(k_used / B)
     entries = atopk.pop_history()
     assert [e['batch_idx'] for e in entries] == list(range(12)) and atopk.pop_history() == []

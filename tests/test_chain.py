@@ -164,6 +164,7 @@ def test_h5_mask_shape_mean_fresh():
         masks.append(diff)
     assert not torch.equal(masks[0], masks[1])                  # fresh mask per forward
     assert bool(masks[0].any(dim=0).all()) and not bool(masks[0].all(dim=0).any())  # varies over samples
+    assert bool((masks[0].any(dim=1) & ~masks[0].all(dim=1)).any())                # and over channels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,11 +441,14 @@ def test_r1_bounds_and_start():
         assert ctx.update_p(_logits(8, 0), it) == 0.0
     assert float(ctx.p) == 0.0 and float(ctx.ema_sign) == 0.0
     gen = torch.Generator().manual_seed(0)
+    seen = set()
     for it in range(10, 1500):
-        phase = (it // 300) % 2  # alternate long runs of "overfitting" and "not overfitting"
-        n_pos = int(torch.randint(6, 9, [1], generator=gen)) if phase == 0 else int(torch.randint(0, 3, [1], generator=gen))
+        lo, hi = (6, 9) if (it // 300) % 2 == 0 else (0, 3)  # long runs above / below τ
+        n_pos = int(torch.randint(lo, hi, [1], generator=gen))
         p = ctx.update_p(_logits(n_pos, 8 - n_pos), it)
         assert 0.0 <= p <= 1.0 and p == float(ctx.p) == ctx.p_value
+        seen.add(p)
+    assert {0.0, 1.0} <= seen  # both clamps were exercised
     assert ctx.update_p(None, 2000) == ctx.p_value
 
 
@@ -652,3 +656,30 @@ def test_p_cache_follows_buffer_writes():
     assert ctx.p_value == 0.5 and ctx.ema_value == 0.1
     ctx.set_p(2.0)
     assert ctx.p_value == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA: FP16 activations, and no host synchronisation inside a labelled D pass
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_cuda_fp16_no_sync(variant):
+    dev = torch.device('cuda')
+    torch.manual_seed(0)
+    D = _TinyD(variant).to(dev)
+    D.chain_ctx.set_p(0.5)
+    assert D.chain_ctx.p_value == 0.5  # fills the cache (one read)
+    x = torch.randn([4, 3, 8, 8], device=dev)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        with D.chain_ctx.pass_('dreal'):
+            y = F.conv2d(x.half(), D.b1.conv.weight.half(), D.b1.conv.bias.half(), padding=1).requires_grad_(True)
+            out = D.b1.chain(y)
+        loss = out.float().square().mean() + D.chain_ctx.zero_mean_loss()
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert out.dtype == torch.float16 and bool(torch.isfinite(out).all())
+    assert bool(torch.isfinite(y.grad).all())

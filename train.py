@@ -136,7 +136,7 @@ def launch_training(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool
 # Base config.
 @click.option('--cfg', help='Base config [default: auto]', type=click.Choice(list(config.CFG_SPECS)), default='auto')
 @click.option('--gamma', help='Override R1 gamma', type=float)
-@click.option('--kimg', help='Override training duration', type=int, metavar='INT')
+@click.option('--kimg', help='Override training duration (kimg; fractions allowed for short runs)', type=float, metavar='KIMG')
 @click.option('--batch', help='Override batch size', type=int, metavar='INT')
 # Discriminator augmentation.
 @click.option('--aug', help='Augmentation mode [default: ada]', type=click.Choice(['noaug', 'ada', 'fixed']))

@@ -489,7 +489,8 @@ def _reference_modconv(x, weight, styles, up, demodulate, noise):
             u = F.pad(u, [3, 2, 3, 2])
             f1 = torch.tensor([1., 3., 3., 1.], dtype=torch.float64)
             fir = torch.outer(f1, f1) / 64 * 4
-            u = _true_conv_valid(u.reshape(I, 1, *u.shape[2:]), fir.reshape(1, 1, 4, 4)).reshape(1, I, 2 * H + 2, 2 * W + 2)
+            u = _true_conv_valid(u.reshape(I, 1, *u.shape[2:]), fir.reshape(1, 1, 4, 4))
+            u = u.reshape(1, I, 2 * H + 2, 2 * W + 2)
             y = _true_conv_valid(u, w)
         out.append(y)
     y = torch.cat(out)
@@ -500,9 +501,9 @@ def _reference_modconv(x, weight, styles, up, demodulate, noise):
 
 
 @pytest.mark.parametrize('up', [1, 2])
-@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('fused,fast', [(True, True), (False, True), (False, False)])
 @pytest.mark.parametrize('demodulate', [True, False])
-def test_modulated_conv2d_formula(up, fused, demodulate):
+def test_modulated_conv2d_formula(up, fused, fast, demodulate):
     torch.manual_seed(0)
     N, I, O, H = 3, 5, 4, 6
     x = torch.randn(N, I, H, H)
@@ -510,11 +511,26 @@ def test_modulated_conv2d_formula(up, fused, demodulate):
     styles = torch.randn(N, I)
     noise = torch.randn(N, 1, H * up, H * up)
     f = networks.upfirdn2d.setup_filter([1, 3, 3, 1])
-    y = networks.modulated_conv2d(x.clone(), weight, styles, noise=noise, up=up, padding=1, resample_filter=f,
-                                  demodulate=demodulate, flip_weight=(up == 1), fused_modconv=fused)
+    with networks.fast_demod(fast):
+        y = networks.modulated_conv2d(x.clone(), weight, styles, noise=noise, up=up, padding=1, resample_filter=f,
+                                      demodulate=demodulate, flip_weight=(up == 1), fused_modconv=fused)
     ref = _reference_modconv(x, weight, styles, up, demodulate, noise)
     assert y.shape == ref.shape == (N, O, H * up, H * up)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_demod_matches_reference_order():
+    """The CPU fast dcoefs (module docstring) equal the reference order up to fp32 rounding."""
+    G = make_G(c_dim=3)
+    perturb(G)
+    G.train()
+    ws = G.mapping(torch.randn(4, 8), torch.randn(4, 3), skip_w_avg_update=True)
+    with networks.fast_demod(False):
+        exact = G.synthesis(ws, noise_mode='const')
+    assert networks._FAST_DEMOD
+    fast = G.synthesis(ws, noise_mode='const')
+    assert (fast - exact).abs().max() <= 2e-6 * max(1.0, exact.abs().max().item())
+    G.eval()
 
 
 def test_synthesis_layer_formula():
@@ -710,7 +726,8 @@ def test_conv2d_layer_formula_and_post_conv_hook():
     perturb(layer)
     x = torch.randn(2, 3, 5, 5)
     y = layer(x, gain=0.5)
-    pre = F.conv2d(x.double(), layer.weight.double() / math.sqrt(27), padding=1) + layer.bias.double().reshape(1, -1, 1, 1)
+    pre = F.conv2d(x.double(), layer.weight.double() / math.sqrt(27), padding=1)
+    pre = pre + layer.bias.double().reshape(1, -1, 1, 1)
     ref = (F.leaky_relu(pre, 0.2) * math.sqrt(2) * 0.5).clamp(-0.4, 0.4)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-6)
     assert 'post_conv' not in str(list(layer.state_dict()))

@@ -97,10 +97,7 @@ def source_digest(paths: Sequence[str], flags: Sequence[str] = ()) -> str:
     """Digest that names a build: file names and contents, toolchain versions and flags."""
     h = hashlib.sha256()
     for path in paths:
-        h.update(os.path.basename(path).encode() + b'\0')
-        with open(path, 'rb') as f:
-            h.update(f.read())
-        h.update(b'\0')
+        h.update(os.path.basename(path).encode() + b'\0' + _read_bytes(path) + b'\0')
     context = [torch.__version__, str(torch.version.cuda), sys.version.split()[0], platform.machine(),
                os.environ.get('TORCH_CUDA_ARCH_LIST', ''), *flags]
     h.update('\0'.join(context).encode())
@@ -113,15 +110,19 @@ def build_dir_for(module_name: str, digest: str) -> str:
     return os.path.join(root, f'{module_name}-{digest}')
 
 
+def _read_bytes(path: str) -> bytes:
+    with open(path, 'rb') as f:
+        return f.read()
+
+
 def _sync_sources(paths: Sequence[str], dest: str) -> list[str]:
     """Copy files into ``dest`` (atomically, only when the content differs); return the copies."""
     os.makedirs(dest, exist_ok=True)
     copies = []
     for path in paths:
         target = os.path.join(dest, os.path.basename(path))
-        with open(path, 'rb') as f:
-            data = f.read()
-        if not os.path.exists(target) or open(target, 'rb').read() != data:
+        data = _read_bytes(path)
+        if not os.path.exists(target) or _read_bytes(target) != data:
             with util.atomic_path(target) as tmp:
                 with open(tmp, 'wb') as f:
                     f.write(data)

@@ -42,7 +42,7 @@ class TrainOptions:
     mirror: bool = False
     cfg: str = 'auto'
     gamma: Optional[float] = None
-    kimg: Optional[int] = None
+    kimg: Optional[float] = None
     batch: Optional[int] = None
     aug: Optional[str] = None
     p: Optional[float] = None
@@ -239,8 +239,9 @@ def _base_config(opts: TrainOptions, args: dnnlib.EasyDict, resolution: int) -> 
         desc += f'-gamma{opts.gamma:g}'
         args.loss_kwargs.r1_gamma = opts.gamma
     if opts.kimg is not None:
-        _positive('kimg', opts.kimg)
-        desc += f'-kimg{opts.kimg:d}'
+        if not opts.kimg > 0:
+            raise UserError('--kimg must be positive')
+        desc += f'-kimg{opts.kimg:g}'
         args.total_kimg = opts.kimg
     if opts.batch is not None:
         if not (opts.batch >= 1 and opts.batch % gpus == 0):

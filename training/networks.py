@@ -17,13 +17,15 @@ wants the reference's CPU behaviour) can force half precision on the CPU with::
 
 or globally with ``networks.set_fp16_on_cpu(True)``.
 
-Deliberate difference for speed (training mode only): in the *non-fused* modulated convolution
-the demodulation coefficients are computed as rsqrt(s² · (Σ_uv w²)ᵀ + 1e-8) with one small matrix
-product instead of materialising the per-sample weights [N, O, I, k, k] as the reference does
-(~0.8 s per 512-channel layer per batch of 16 on a 2-core CPU, as much as the convolution). The
-two are the same sum in a different order (≈1e-7 relative). The fused path (eval mode, G_ema,
-generation) is unchanged and bitwise identical to the reference. The reference order can be
-restored with ``networks.set_fast_demod(False)`` or ``with networks.fast_demod(False): ...``.
+Deliberate difference for speed (CPU, fp32 compute, non-fused modulated convolution, i.e. G in
+training mode): the demodulation coefficients are computed as rsqrt(s² · (Σ_uv w²)ᵀ + 1e-8)
+with one small matrix product instead of materialising the per-sample weights [N, O, I, k, k]
+as the reference does (~0.8 s per 512-channel layer per batch of 16 on a 2-core CPU, as much as
+the convolution itself). It is the same sum in a different order: outputs agree to ≤ 1e-6
+relative, like the reference's own fused vs non-fused paths. The fused path (eval mode, G_ema,
+generation), fp16 blocks and CUDA tensors use the reference order and are bitwise identical to
+the reference. The reference order can be forced with ``networks.set_fast_demod(False)`` or
+``with networks.fast_demod(False): ...``.
 
 Hook point for CHAIN (no CHAIN code here): ``Conv2dLayer.post_conv`` (see its docstring).
 """
@@ -120,13 +122,13 @@ def _prenormalize_fp16(weight: torch.Tensor, styles: torch.Tensor) -> tuple[torc
     return weight, styles
 
 
-def _demod_coefs_nonfused(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+def _demod_coefs_nonfused(weight: torch.Tensor, styles: torch.Tensor, fast: bool) -> torch.Tensor:
     """dcoef[n,o] = rsqrt(Σ_{i,u,v} (weight[o,i,u,v]·styles[n,i])² + 1e-8) (§6 step 3), shape [N, O].
 
-    Fast form (default): Σ_i styles[n,i]² · Σ_{u,v} weight[o,i,u,v]², one [N,I]×[I,O] product.
-    Reference form (``set_fast_demod(False)``): materialise the per-sample weights, as upstream.
+    Fast form: Σ_i styles[n,i]² · Σ_{u,v} weight[o,i,u,v]², one [N,I]×[I,O] product.
+    Reference form: materialise the per-sample weights [N, O, I, kh, kw], as upstream.
     """
-    if _FAST_DEMOD:
+    if fast:
         return (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
     w = weight.unsqueeze(0) * styles.reshape(styles.shape[0], 1, -1, 1, 1)
     return (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
@@ -153,7 +155,9 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         weight, styles = _prenormalize_fp16(weight, styles)
 
     if not fused_modconv:
-        dcoefs = _demod_coefs_nonfused(weight, styles) if demodulate else None
+        # CPU fp32 only: on CUDA (where fp16 blocks would amplify a 1-ulp change) keep the reference order.
+        fast = _FAST_DEMOD and dtype == torch.float32 and x.device.type == 'cpu'
+        dcoefs = _demod_coefs_nonfused(weight, styles, fast) if demodulate else None
         x = x * styles.to(dtype).reshape(batch_size, -1, 1, 1)
         x = conv2d_resample.conv2d_resample(x=x, w=weight.to(dtype), f=resample_filter, up=up, down=down,
                                             padding=padding, flip_weight=flip_weight)
@@ -176,6 +180,11 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     if noise is not None:
         x = x.add_(noise)  # in place: keeps x's dtype (§6 fused step 4)
     return x
+
+
+def _setup_filter(f: Any) -> torch.Tensor:
+    """The ``resample_filter`` buffer: setup_filter of the taps (§1.1; [1,3,3,1] → outer/64, [4, 4])."""
+    return upfirdn2d.setup_filter(list(f) if isinstance(f, tuple) else f)
 
 
 def _act_gain(activation: str) -> float:
@@ -242,7 +251,7 @@ class Conv2dLayer(torch.nn.Module):
         self.up = up
         self.down = down
         self.conv_clamp = conv_clamp
-        self.register_buffer('resample_filter', upfirdn2d.setup_filter(list(resample_filter)))
+        self.register_buffer('resample_filter', _setup_filter(resample_filter))
         self.padding = kernel_size // 2
         self.weight_gain = 1 / math.sqrt(in_channels * (kernel_size ** 2))
         self.act_gain = _act_gain(activation)
@@ -372,7 +381,7 @@ class SynthesisLayer(torch.nn.Module):
         self.use_noise = use_noise
         self.activation = activation
         self.conv_clamp = conv_clamp
-        self.register_buffer('resample_filter', upfirdn2d.setup_filter(list(resample_filter)))
+        self.register_buffer('resample_filter', _setup_filter(resample_filter))
         self.padding = kernel_size // 2
         self.act_gain = _act_gain(activation)
 
@@ -458,10 +467,9 @@ class SynthesisBlock(torch.nn.Module):
         self.architecture = architecture
         self.use_fp16 = use_fp16
         self.channels_last = (use_fp16 and fp16_channels_last)
-        self.register_buffer('resample_filter', upfirdn2d.setup_filter(list(resample_filter)))
+        self.register_buffer('resample_filter', _setup_filter(resample_filter))
         self.num_conv = 0
         self.num_torgb = 0
-        resample_filter = list(resample_filter)
 
         if in_channels == 0:
             self.const = torch.nn.Parameter(torch.randn([out_channels, resolution, resolution]))
@@ -625,8 +633,7 @@ class DiscriminatorBlock(torch.nn.Module):
         self.architecture = architecture
         self.use_fp16 = use_fp16
         self.channels_last = (use_fp16 and fp16_channels_last)
-        self.register_buffer('resample_filter', upfirdn2d.setup_filter(list(resample_filter)))
-        resample_filter = list(resample_filter)
+        self.register_buffer('resample_filter', _setup_filter(resample_filter))
         self.num_layers = 0
 
         def trainable() -> bool:  # each layer takes the next index; trainable iff index ≥ freeze_layers

@@ -52,9 +52,10 @@ def save(path: str, *, training_set_kwargs: dict, G: torch.nn.Module, D: torch.n
     rng_states = _gather_rng_states(num_gpus)
     if rank != 0:
         return
+    # Written during tick maintenance: a resumed run starts the *next* tick here.
     training_state = dict(
-        cur_nimg=int(state['cur_nimg']), cur_tick=int(state['cur_tick']), batch_idx=int(state['batch_idx']),
-        tick_start_nimg=int(state['tick_start_nimg']),
+        cur_nimg=int(state['cur_nimg']), cur_tick=int(state['cur_tick']) + 1, batch_idx=int(state['batch_idx']),
+        tick_start_nimg=int(state['cur_nimg']),
         optimizers={name: opt.state_dict() for name, opt in _optimizers(phases).items()},
         pl_mean=loss.pl_mean.detach().cpu().clone(),
         controllers=controllers.state_dict(),

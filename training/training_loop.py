@@ -266,7 +266,7 @@ def training_loop(
     progress_fn: Optional[Callable[[int, int], None]] = None,
     **_unused: Any,
 ) -> dict[str, Any]:
-    """Train G and D; returns a summary dict (final kimg, last snapshot path, stop reason)."""
+    """Train G and D; returns a summary (cur_nimg, last_snapshot, stop_reason) and the networks."""
     from torch_utils.ops import _impl as ops_impl_lib
     from training import augment as augment_lib
 
@@ -454,7 +454,7 @@ def training_loop(
     if writer is not None:
         writer.close()
     log(f'\nExiting ({stop_reason}). Last snapshot: {last_snapshot}')
-    return dict(cur_nimg=state.cur_nimg, last_snapshot=last_snapshot, stop_reason=stop_reason)
+    return dict(cur_nimg=state.cur_nimg, last_snapshot=last_snapshot, stop_reason=stop_reason, G=G, D=D, G_ema=G_ema)
 
 
 def status_fields(state: dnnlib.EasyDict, start_time: float, tick_start_time: float, tick_end_time: float,

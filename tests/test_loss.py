@@ -220,7 +220,7 @@ def test_discriminator_pass_labels_and_extra_loss_hook():
         import contextlib
 
         @contextlib.contextmanager
-        def pass_(self, label):
+        def pass_(self, label, r1=False):
             labels.append(label)
             yield
 

@@ -117,8 +117,8 @@ def _rank_digest(rank, args, run_dir, out_dir, init_file):
     distributed.init_process_group(rank, 2, torch.device('cpu'), init_method=f'file://{init_file}')
     result = training_loop(run_dir=run_dir, rank=rank, **dnnlib.EasyDict(args))
     digest = hashlib.sha256()
-    for key in ('G', 'D', 'G_ema'):
-        for name, tensor in result[key].state_dict().items():
+    for key in ('G', 'D', 'G_ema'):  # parameters (buffers like w_avg are per-rank statistics, as upstream)
+        for name, tensor in result[key].named_parameters():
             digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
     with open(os.path.join(out_dir, f'rank{rank}.json'), 'w') as f:
         json.dump(dict(nimg=result['cur_nimg'], params=digest.hexdigest()), f)

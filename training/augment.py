@@ -9,9 +9,10 @@ multiplier is the op's constructor keyword, 1 in every preset). The pipe is diff
 second order) w.r.t. the input images, so D's gradients flow back to G and R1 can differentiate
 through it. Stages, in order:
 
-1. **Geometry** (xflip, rotate90, xint, scale, rotate, aniso, xfrac): one inverse 3×3
-   homogeneous matrix per image (pixel units, origin at the image centre, x right, y down),
-   executed once by :func:`geometric_resample` (reflect padding, 2× sym6 upsampling,
+1. **Geometry** (xflip, rotate90, xint, scale, rotate, aniso, xfrac): inverse 3×3 homogeneous
+   matrices per image (pixel units, origin at the image centre, x right, y down). The pixel
+   "blit" part (xflip, rotate90, xint) is an exact gather (:func:`blit_resample`); the general
+   part is executed once by :func:`geometric_resample` (reflect padding, 2× sym6 upsampling,
    bilinear ``grid_sample``, 2× sym6 downsampling, crop).
 2. **Colour** (brightness, contrast, lumaflip, hue, saturation): one 4×4 matrix per image acting
    on (r, g, b, 1); the luma axis is v = (1, 1, 1)/√3.
@@ -277,8 +278,9 @@ def geometric_resample(images: torch.Tensor, G_inv: torch.Tensor, Hz_geom: torch
     images = upfirdn2d.upsample2d(images.reshape(1, batch * channels, padded_h, padded_w), Hz_geom, up=2)
     images = images.reshape(batch, channels, padded_h * 2, padded_w * 2)
     offset = upsample_offset(Hz_geom)
-    up_s, up_t = scale2d(2, 2, batch, dtype, device), translate2d(offset, offset, batch, dtype, device)
-    G_inv = up_t @ up_s @ G_inv @ torch.linalg.inv(up_s) @ torch.linalg.inv(up_t)
+    to_up = translate2d(offset, offset, batch, dtype, device) @ scale2d(2, 2, batch, dtype, device)
+    from_up = scale2d(0.5, 0.5, batch, dtype, device) @ translate2d(-offset, -offset, batch, dtype, device)
+    G_inv = to_up @ G_inv @ from_up
 
     # Sample the 2× output grid (with Hz_pad extra low-res pixels per side) in normalised units.
     out_shape = [batch, channels, (height + Hz_pad * 2) * 2, (width + Hz_pad * 2) * 2]
@@ -602,7 +604,7 @@ class AugmentPipe(torch.nn.Module):
             return images
         _, _, height, width = images.shape
         gate = draws.gate(self.cutout * p, [1, 1])  # [B, 1, 1]
-        size = torch.where(gate, torch.full_like(gate, self.cutout_size, dtype=torch.float32), torch.zeros([], device=draws.device))
+        size = gate.to(torch.float32) * self.cutout_size  # 0 where not applied
         centre = draws.uniform(0, 1, [2, 1, 1])  # [B, 2, 1, 1]
         xs = (torch.arange(width, device=draws.device) + 0.5) / width
         ys = (torch.arange(height, device=draws.device) + 0.5) / height

@@ -78,11 +78,11 @@ class StyleGAN2Loss(Loss):
             return per_sample_loss.mean()
         return self.generator_loss_reducer(per_sample_loss, gen_logits)
 
-    def discriminator_pass(self, label: str) -> ContextManager[Any]:
-        """Label one D evaluation: 'dreal', 'dfake' or 'gfake' (hook point)."""
+    def discriminator_pass(self, label: str, r1_only: bool = False) -> ContextManager[Any]:
+        """Label one D evaluation: 'dreal', 'dfake' or 'gfake'; ``r1_only`` for the lazy R1 pass (hook point)."""
         if self.d_pass_context is None:
             return contextlib.nullcontext()
-        return self.d_pass_context.pass_(label)
+        return self.d_pass_context.pass_(label, r1=r1_only)
 
     def discriminator_extra_loss(self) -> Optional[torch.Tensor]:
         """D's extra loss terms for the pass that just ran (hook point; e.g. CHAIN's 0MR)."""
@@ -113,11 +113,12 @@ class StyleGAN2Loss(Loss):
         img = self.G.synthesis(ws)
         return img, ws
 
-    def run_D(self, img: torch.Tensor, c: torch.Tensor, label: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def run_D(self, img: torch.Tensor, c: torch.Tensor, label: str,
+              r1_only: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Augment, evaluate D in a labelled pass. Returns (logits, extra D loss or None)."""
         if self.augment_pipe is not None:
             img = self.augment_pipe(img)
-        with self.discriminator_pass(label):
+        with self.discriminator_pass(label, r1_only):
             logits = self.D(img, c)
             extra = self.discriminator_extra_loss()
         return logits, extra
@@ -190,7 +191,7 @@ class StyleGAN2Loss(Loss):
                             do_Dmain: bool, do_Dr1: bool, phase: str) -> None:
         """Real half of L_D: E[softplus(−D(x))] and/or R1 = γ/2·|∇_x D(x)|² on un-augmented x."""
         real_img_tmp = real_img.detach().requires_grad_(do_Dr1)
-        real_logits, extra = self.run_D(real_img_tmp, real_c, 'dreal')
+        real_logits, extra = self.run_D(real_img_tmp, real_c, 'dreal', r1_only=not do_Dmain)
         training_stats.report('Loss/scores/real', real_logits)
         training_stats.report('Loss/signs/real', real_logits.sign())
         for listener in self.real_sign_listeners:
@@ -220,7 +221,7 @@ class StyleGAN2Loss(Loss):
 class DiscriminatorPassContext(Protocol):
     """What a D-side method (e.g. CHAIN's context) provides to the loss."""
 
-    def pass_(self, label: str) -> ContextManager[Any]: ...
+    def pass_(self, label: str, r1: bool = False) -> ContextManager[Any]: ...
 
     def extra_loss(self) -> Optional[torch.Tensor]: ...
 

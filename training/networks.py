@@ -762,7 +762,7 @@ class Discriminator(torch.nn.Module):
                  channel_base: int = 32768, channel_max: int = 512, num_fp16_res: int = 0,
                  conv_clamp: Optional[float] = None, cmap_dim: Optional[int] = None,
                  block_kwargs: Optional[dict] = None, mapping_kwargs: Optional[dict] = None,
-                 epilogue_kwargs: Optional[dict] = None):
+                 epilogue_kwargs: Optional[dict] = None, chain_kwargs: Optional[dict] = None):
         assert img_resolution >= 4 and img_resolution & (img_resolution - 1) == 0, img_resolution
         super().__init__()
         self.c_dim = c_dim
@@ -791,6 +791,31 @@ class Discriminator(torch.nn.Module):
             self.mapping = MappingNetwork(z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None,
                                           **(mapping_kwargs or {}))
         self.b4 = DiscriminatorEpilogue(ch(4), cmap_dim=cmap_dim, resolution=4, **(epilogue_kwargs or {}), **common)
+        if chain_kwargs is not None:
+            self._attach_chain(**chain_kwargs)
+
+    def _attach_chain(self, variant: str = 'chain', resolutions: Optional[list[int]] = None, place: str = 'C1C2CS',
+                      **context_kwargs: Any) -> None:
+        """CHAIN in D (methods.md §6, C1): after conv0 (C1), conv1 (C2) and skip (CS) of the chosen
+        blocks, between bias and activation (``Conv2dLayer.post_conv``); never fromrgb or b4.
+
+        Adds buffers only (``chain_ctx.p``, ``chain_ctx.ema_sign``, ``*.post_conv.running_var_*``,
+        ``*.post_conv.grad_var_*``); no initialisation draws, so parameters equal a plain D's.
+        """
+        from patches.chain import Chain, ChainContext
+        resolutions = list(self.block_resolutions) if resolutions is None else list(resolutions)
+        unknown = sorted(set(resolutions) - set(self.block_resolutions))
+        if unknown:
+            raise ValueError(f'CHAIN resolutions {unknown} are not discriminator blocks {self.block_resolutions}')
+        self.chain_ctx = ChainContext(**context_kwargs)
+        layer_names = {'C1': 'conv0', 'C2': 'conv1', 'CS': 'skip'}
+        wanted = [layer_names[place[i:i + 2]] for i in range(0, len(place), 2)]
+        for res in resolutions:
+            block = getattr(self, f'b{res}')
+            for name in wanted:
+                layer = getattr(block, name, None)
+                if layer is not None:
+                    layer.post_conv = Chain(layer.out_channels, self.chain_ctx, variant=variant)
 
     def forward(self, img: torch.Tensor, c: Optional[torch.Tensor], **block_kwargs: Any) -> torch.Tensor:
         x = None

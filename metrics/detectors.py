@@ -138,7 +138,7 @@ class FoldedConv(torch.nn.Module):
         scale = (scripted.var.double() + BN_EPS).rsqrt()
         weight = scripted.weight.double() * scale[:, None, None, None]
         bias = scripted.beta.double() - scripted.mean.double() * scale
-        self.register_buffer('weight', weight.float())
+        self.register_buffer('weight', weight.float().contiguous(memory_format=torch.channels_last))
         self.register_buffer('bias', bias.float())
         self.stride = _pair(scripted.stride)
         self.padding = _pair(scripted.padding)

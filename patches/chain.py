@@ -118,6 +118,9 @@ class ChainContext(torch.nn.Module):
         ema_decay: decay of the sign EMA (default 0.9).
     """
 
+    #: Statistic name under which a training loop may report ``extra_loss()`` (the summed 0MR term).
+    extra_loss_name = 'CHAIN/0MR'
+
     def __init__(self, lambda_: float = 20.0, p0: float = 0.0, tau: float = 0.5, dp: float = 0.001,
                  start_iter: int = 5000, ema_decay: float = 0.9) -> None:
         super().__init__()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -99,7 +100,10 @@ def test_run_directory_artefacts_and_status_line(tmp_path, capsys):
     assert status and all(f in status[-1] for f in ('kimg', 'sec/kimg', 'cpumem', 'augment', 'atopk_k', 'chain_p'))
     stats = [json.loads(line) for line in open(tmp_path / 'r' / 'stats.jsonl')]
     assert all('timestamp' in s and 'Progress/kimg' in s for s in stats)
-    assert 'ATopk/k' in stats[-1] and 'Progress/chain_p' in stats[-1]
+    for name in ('ATopk/k', 'ATopk/p', 'ATopk/selected_fraction', 'ATopk/D_gap', 'CHAIN/p', 'CHAIN/0MR/real',
+                 'CHAIN/0MR/fake'):
+        assert name in stats[-1], name
+    assert all(math.isfinite(v['mean']) for s in stats for k, v in s.items() if k != 'timestamp' and v['num'] > 0)
     data = torch.load(result['last_snapshot'], weights_only=True)
     assert data['format'] == 'degan-snapshot'
 

@@ -77,11 +77,11 @@ class Controllers:
         """Extra status-line fields (also reported as stats)."""
         fields = []
         report0 = training_stats.report0
-        if self.atopk is not None:
-            fields.append(f"atopk_k {report0('Progress/atopk_k', self.atopk.k):<3d}")
-            fields.append(f"atopk_p {report0('Progress/atopk_p', self.atopk.p):.3f}")
+        if self.atopk is not None:  # ATopk/k and ATopk/p are reported by every Gmain step
+            fields.append(f'atopk_k {self.atopk.k:<3d}')
+            fields.append(f'atopk_p {self.atopk.p:.3f}')
         if self.chain_ctx is not None:
-            fields.append(f"chain_p {report0('Progress/chain_p', self.chain_ctx.p):.3f}")
+            fields.append(f"chain_p {report0('CHAIN/p', self.chain_ctx.p_value):.3f}")
         return fields
 
     def add_derived_stats(self, stats: dict) -> None:

@@ -98,6 +98,10 @@ class StyleGAN2Loss(Loss):
         self._dmain_real_logits.clear()
         return logits
 
+    def _report_extra(self, which: str, extra: torch.Tensor) -> None:
+        name = getattr(self.d_pass_context, 'extra_loss_name', 'Loss/D/extra')
+        training_stats.report(f'{name}/{which}', extra)
+
     # ------------------------------------------------------------------ networks
 
     def run_G(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,6 +187,7 @@ class StyleGAN2Loss(Loss):
         self._last_loss_Dgen = loss_Dgen.detach()
         loss = loss_Dgen.mean()
         if extra is not None:
+            self._report_extra('fake', extra)
             loss = loss + extra
         _check_finite('Dmain', 'Loss/D/loss (fake)', loss)
         loss.mul(gain).backward()
@@ -213,6 +218,7 @@ class StyleGAN2Loss(Loss):
             training_stats.report('Loss/D/reg', loss_Dr1)
         loss = (real_logits * 0 + loss_Dreal + loss_Dr1).mean()
         if do_Dmain and extra is not None:  # the R1-only pass adds no extra D terms (CHAIN C4)
+            self._report_extra('real', extra)
             loss = loss + extra
         _check_finite(phase, 'Loss/D/loss (real)' if do_Dmain else 'Loss/D/reg', loss)
         loss.mul(gain).backward()

@@ -175,6 +175,8 @@ def launch_training(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool
 @click.option('--topk-k', help='k for --topk-mode=fixed|worst', type=int)
 @click.option('--topk-gamma', help='Linear Top-k decay per epoch [default: 0.99]', type=float, default=0.99)
 @click.option('--topk-nu', help='Linear Top-k minimum fraction [default: 0.75]', type=float, default=0.75)
+@click.option('--topk-round', help='Linear Top-k rounding of gamma^e*B and nu*B [default: ceil]', type=click.Choice(['ceil', 'floor']), default='ceil')
+@click.option('--atopk-clamp-p', help='Keep ATop-k\'s own p in [0, 1] (ADA clamps only below) [default: 0]', type=bool, default=False, metavar='BOOL')
 # CHAIN.
 @click.option('--chain', help='CHAIN normalisation in D [default: 0]', type=bool, default=False, metavar='BOOL')
 @click.option('--chain-type', help='chain (cumulative) or chain_batch [default: chain]', type=click.Choice(['chain', 'chain_batch']), default='chain')

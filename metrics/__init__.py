@@ -1,0 +1,1 @@
+"""Evaluation metrics (FID, KID, precision/recall, IS) computed offline; see metric_main.py."""

@@ -77,6 +77,8 @@ class TrainOptions:
     topk_k: Optional[int] = None
     topk_gamma: float = 0.99
     topk_nu: float = 0.75
+    topk_round: str = 'ceil'
+    atopk_clamp_p: bool = False
     # CHAIN (patches/chain.py)
     chain: bool = False
     chain_type: str = 'chain'
@@ -378,6 +380,10 @@ def _atopk_config(opts: TrainOptions, args: dnnlib.EasyDict) -> str:
         raise UserError(f'--topk-k is only used with --topk-mode=fixed or worst (not {mode})')
     if k is not None and not 1 <= k <= batch:
         raise UserError(f'--topk-k={k} must be between 1 and the batch size {batch}')
+    if opts.topk_round not in ('ceil', 'floor'):
+        raise UserError('--topk-round must be ceil or floor')
+    if opts.atopk_clamp_p and opts.atopk_p == 'ada':
+        raise UserError('--atopk-clamp-p=1 would change ADA\'s own p; use it with --atopk-p=own')
     if opts.atopk_p not in ('own', 'ada'):
         raise UserError('--atopk-p must be own or ada')
     if opts.atopk_p == 'ada' and args.get('aug') != 'ada':
@@ -391,7 +397,7 @@ def _atopk_config(opts: TrainOptions, args: dnnlib.EasyDict) -> str:
     args.atopk_kwargs = dnnlib.EasyDict(
         mode=mode, batch_size=batch, target=opts.atopk_target, interval=opts.atopk_interval,
         kimg=opts.atopk_kimg, k_interval=opts.atopk_k_interval, p_source=opts.atopk_p, k=k,
-        gamma=opts.topk_gamma, nu=opts.topk_nu, seed=opts.seed)
+        gamma=opts.topk_gamma, nu=opts.topk_nu, round=opts.topk_round, clamp_p=opts.atopk_clamp_p, seed=opts.seed)
     return '-atopk' if mode == 'adaptive' else f'-topk{mode}{k if k is not None else ""}'
 
 

@@ -1,0 +1,86 @@
+"""Shared helpers for the bench/ scripts: timing, peak memory, tables, networks of a config."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import dnnlib  # noqa: E402
+from training import config  # noqa: E402
+
+
+def pick_device(name: str = 'auto') -> torch.device:
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_it(fn: Callable[[], Any], device: torch.device, warmup: int = 2, repeats: int = 5) -> tuple[float, float]:
+    """Median and min wall time of ``fn`` in seconds (after ``warmup`` untimed calls)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def reset_peak_gpu(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gpu_gb(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else 0.0
+
+
+def print_table(rows: list[dict[str, Any]], columns: Optional[list[str]] = None) -> None:
+    """Plain-text table, one row per dict."""
+    if not rows:
+        return
+    columns = columns or list(rows[0])
+    cells = [[str(row.get(c, '')) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print('  '.join(c.ljust(w) for c, w in zip(columns, widths)))
+    print('  '.join('-' * w for w in widths))
+    for r in cells:
+        print('  '.join(v.ljust(w) for v, w in zip(r, widths)))
+    sys.stdout.flush()
+
+
+def machine_line(device: torch.device) -> str:
+    cpu = f'{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads'
+    if device.type == 'cuda':
+        return f'{torch.cuda.get_device_name(device)}; {cpu}'
+    return f'CPU; {cpu}'
+
+
+def network_kwargs(cfg: str, resolution: int, batch: int, fp32: bool = True, **overrides: Any) -> dnnlib.EasyDict:
+    """train.py's G/D/loss kwargs for ``cfg`` at ``resolution`` (no dataset needed)."""
+    opts = config.TrainOptions(cfg=cfg, batch=batch, fp32=fp32, **overrides)
+    args = dnnlib.EasyDict(num_gpus=1)
+    config._base_config(opts, args, resolution)
+    config._performance_config(opts, args)
+    return args

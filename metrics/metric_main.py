@@ -1,0 +1,269 @@
+"""Metric registry, evaluation records and the best-so-far summary (stylegan2-ada.md §6, methods.md §7, §9.8).
+
+Registered names follow upstream StyleGAN2-ADA: ``*_full`` metrics compare against *all* real
+images with x-flips off; the legacy names (``fid50k``, ``kid50k``, ``pr50k3``) use at most
+50,000 reals with the dataset's mirror setting kept. ``fid5k_full`` / ``fid10k_full`` are the
+low-shot protocol (methods.md §7); ``fid10k_test`` is the CIFAR protocol: 10k generated images
+against all images of a reference set given with ``--ref-data``.
+
+A result record (``calc_metric``) has upstream's shape — ``results`` (dict of values),
+``metric``, ``total_time``, ``total_time_str``, ``num_gpus`` — plus ``num_gen`` / ``num_real``
+(how many generated and real images were used); ``report_metric`` adds ``snapshot_pkl``
+(relative to the run directory) and ``timestamp`` and appends the record as one line to
+``<run_dir>/metric-<name>.jsonl``. ``update_best`` keeps ``<run_dir>/best.json`` (the papers
+report the best value over training, methods.md §7).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Optional
+
+import torch
+
+import dnnlib
+from dnnlib.util import UserError
+from metrics import detectors, metric_utils
+from metrics import frechet_inception_distance, inception_score, kernel_inception_distance, precision_recall
+from torch_utils import distributed
+
+MetricFn = Callable[[metric_utils.MetricOptions], dict]
+
+
+class MetricSpec:
+    """What a registered metric needs and how its headline value is read."""
+
+    def __init__(self, fn: MetricFn, role: str, needs_reals: bool, needs_ref: bool, primary: str,
+                 higher_is_better: bool):
+        self.fn, self.role, self.needs_reals, self.needs_ref = fn, role, needs_reals, needs_ref
+        self.primary, self.higher_is_better = primary, higher_is_better
+
+
+_metric_dict: dict[str, MetricSpec] = {}
+
+
+def register_metric(fn: Optional[MetricFn] = None, *, role: str = detectors.ROLE_FEATURES, needs_reals: bool = True,
+                    needs_ref: bool = False, primary: str = '', higher_is_better: bool = False) -> Any:
+    """Register ``fn(opts) -> dict`` under its function name (usable bare or with keywords).
+
+    ``primary``: suffix of the result key used by :func:`update_best` (``''`` → the metric name
+    itself, ``'_mean'`` → ``<name>_mean``); ``higher_is_better`` its direction.
+    """
+    def register(f: MetricFn) -> MetricFn:
+        assert callable(f)
+        _metric_dict[f.__name__] = MetricSpec(f, role, needs_reals, needs_ref, primary, higher_is_better)
+        return f
+    return register(fn) if fn is not None else register
+
+
+def is_valid_metric(metric: str) -> bool:
+    return metric in _metric_dict
+
+
+def list_valid_metrics() -> list[str]:
+    return list(_metric_dict.keys())
+
+
+def check_metric(metric: str, detector_path: Optional[str] = None, vgg16_path: Optional[str] = None,
+                 dataset_kwargs: Optional[dict] = None, ref_dataset_kwargs: Optional[dict] = None,
+                 device: torch.device | str = 'cpu') -> None:
+    """Fail at once (UserError, one line) if ``metric`` cannot run with these inputs: unknown name,
+    missing IS/VGG16 weights, missing reference set. Loads (and caches) the detector it needs."""
+    if not is_valid_metric(metric):
+        raise UserError(f'unknown metric "{metric}"; valid metrics: {", ".join(list_valid_metrics())}')
+    spec = _metric_dict[metric]
+    if spec.needs_ref and not ref_dataset_kwargs:
+        raise UserError(f'{metric} compares against a reference set (e.g. the CIFAR-10 test split): pass --ref-data=PATH')
+    if spec.needs_reals and not spec.needs_ref and not (dataset_kwargs or {}).get('path'):
+        raise UserError(f'{metric} needs the real images: pass --data=PATH')
+    detectors.resolve_detector(spec.role, detector_path, vgg16_path, metric, device)
+
+
+def calc_metric(metric: str, **kwargs: Any) -> dnnlib.EasyDict:
+    """Evaluate one metric; ``kwargs`` are :class:`metric_utils.MetricOptions` arguments.
+
+    Every rank takes part; the values are computed on rank 0 and broadcast to all ranks.
+    """
+    opts = metric_utils.MetricOptions(**kwargs)
+    opts.metric = metric
+    check_metric(metric, opts.detector_path, opts.vgg16_path, opts.dataset_kwargs, opts.ref_dataset_kwargs,
+                 opts.device)
+    start = time.time()
+    results = dict(_metric_dict[metric].fn(opts))
+    total_time = time.time() - start
+
+    for key, value in list(results.items()):
+        if opts.num_gpus > 1 and distributed.is_initialized():
+            t = torch.as_tensor(value, dtype=torch.float64, device=opts.device)
+            distributed.broadcast_(t, src=0)
+            value = float(t.cpu())
+        results[key] = float(value)
+
+    record = dnnlib.EasyDict(results=dnnlib.EasyDict(results), metric=metric, total_time=total_time,
+                             total_time_str=dnnlib.util.format_time(total_time), num_gpus=opts.num_gpus)
+    record.update(opts.info)
+    if opts.gen_dataset_kwargs is not None:
+        record.gen_data = opts.gen_dataset_kwargs.get('path')
+    return record
+
+
+def report_metric(result_dict: dict, run_dir: Optional[str] = None, snapshot_pkl: Optional[str] = None) -> str:
+    """Print the record and append it as one line to ``<run_dir>/metric-<name>.jsonl``; returns the line."""
+    metric = result_dict['metric']
+    assert is_valid_metric(metric)
+    if run_dir is not None and snapshot_pkl is not None:
+        snapshot_pkl = os.path.relpath(snapshot_pkl, run_dir)
+    line = json.dumps(dnnlib.util.to_jsonable(dict(result_dict, snapshot_pkl=snapshot_pkl, timestamp=time.time())))
+    print(line)
+    if run_dir is not None and os.path.isdir(run_dir):
+        _append_line(os.path.join(run_dir, f'metric-{metric}.jsonl'), line)
+    return line
+
+
+def _append_line(path: str, line: str) -> None:
+    """One ``write`` of one complete line with O_APPEND: concurrent appenders never interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + '\n').encode('utf-8'))
+    finally:
+        os.close(fd)
+
+
+def primary_value(result_dict: dict) -> tuple[str, float, bool]:
+    """(result key, value, higher_is_better) of a record's headline number."""
+    spec = _metric_dict[result_dict['metric']]
+    key = result_dict['metric'] + spec.primary
+    return key, float(result_dict['results'][key]), spec.higher_is_better
+
+
+def update_best(run_dir: str, result_dict: dict, snapshot: Optional[str]) -> dict:
+    """Keep ``<run_dir>/best.json`` current and return its content.
+
+    Layout: ``metric``, ``value``, ``key``, ``higher_is_better``, ``snapshot`` (relative to the run
+    directory), ``results``, ``timestamp`` for the *primary* metric (the first one recorded,
+    i.e. the first of ``--metrics``), and ``per_metric``: the same fields for every metric.
+    A NaN value is never a best. Lower is better for FID/KID, higher for IS/precision.
+    """
+    path = os.path.join(run_dir, 'best.json')
+    best: dict[str, Any] = {}
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding='utf-8') as f:
+                best = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            best = {}
+    metric = result_dict['metric']
+    key, value, higher = primary_value(result_dict)
+    per_metric = dict(best.get('per_metric', {}))
+    old = per_metric.get(metric)
+    if not math.isnan(value) and (old is None or (value > old['value'] if higher else value < old['value'])):
+        rel = os.path.relpath(snapshot, run_dir) if snapshot is not None else None
+        per_metric[metric] = dict(metric=metric, key=key, value=value, higher_is_better=higher, snapshot=rel,
+                                  results=dnnlib.util.to_jsonable(dict(result_dict['results'])),
+                                  timestamp=time.time())
+    primary = best.get('metric', metric)
+    if primary not in per_metric:
+        return best
+    new_best = dict(per_metric[primary], per_metric=per_metric)
+    if new_best != best:
+        dnnlib.util.atomic_write_json(path, new_best)
+    return new_best
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for the registered metrics.
+
+
+def _full(opts: metric_utils.MetricOptions) -> None:
+    """'full' metrics: all real images, no x-flip (stylegan2-ada.md §6)."""
+    opts.dataset_kwargs.update(max_size=None, xflip=False)
+
+
+def _fid(opts: metric_utils.MetricOptions, name: str, max_real: Optional[int], num_gen: int,
+         use_ref: bool = False) -> dict:
+    return {name: frechet_inception_distance.compute_fid(opts, max_real=max_real, num_gen=num_gen, use_ref=use_ref)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Registered metrics.
+
+@register_metric
+def fid50k_full(opts: metric_utils.MetricOptions) -> dict:
+    _full(opts)
+    return _fid(opts, 'fid50k_full', None, 50000)
+
+
+@register_metric
+def fid10k_full(opts: metric_utils.MetricOptions) -> dict:
+    _full(opts)
+    return _fid(opts, 'fid10k_full', None, 10000)
+
+
+@register_metric
+def fid5k_full(opts: metric_utils.MetricOptions) -> dict:
+    _full(opts)
+    return _fid(opts, 'fid5k_full', None, 5000)
+
+
+@register_metric(needs_ref=True)
+def fid10k_test(opts: metric_utils.MetricOptions) -> dict:
+    """CIFAR protocol: 10k generated vs every image of ``--ref-data`` (no x-flip)."""
+    assert opts.ref_dataset_kwargs is not None
+    opts.ref_dataset_kwargs.update(max_size=None, xflip=False)
+    return _fid(opts, 'fid10k_test', None, 10000, use_ref=True)
+
+
+@register_metric
+def kid50k_full(opts: metric_utils.MetricOptions) -> dict:
+    _full(opts)
+    kid = kernel_inception_distance.compute_kid(opts, max_real=1000000, num_gen=50000, num_subsets=100,
+                                                max_subset_size=1000)
+    return dict(kid50k_full=kid)
+
+
+@register_metric(role=detectors.ROLE_VGG16, primary='_precision', higher_is_better=True)
+def pr50k3_full(opts: metric_utils.MetricOptions) -> dict:
+    _full(opts)
+    precision, recall = precision_recall.compute_pr(opts, max_real=200000, num_gen=50000, nhood_size=3,
+                                                    row_batch_size=10000, col_batch_size=10000)
+    return dict(pr50k3_full_precision=precision, pr50k3_full_recall=recall)
+
+
+@register_metric(role=detectors.ROLE_PROBS, needs_reals=False, primary='_mean', higher_is_better=True)
+def is50k(opts: metric_utils.MetricOptions) -> dict:
+    mean, std = inception_score.compute_is(opts, num_gen=50000, num_splits=10)
+    return dict(is50k_mean=mean, is50k_std=std)
+
+
+@register_metric(role=detectors.ROLE_PROBS, needs_reals=False, primary='_mean', higher_is_better=True)
+def is10k(opts: metric_utils.MetricOptions) -> dict:
+    """IS from 10k samples (the CIFAR / DiffAugment convention, methods.md E2)."""
+    mean, std = inception_score.compute_is(opts, num_gen=10000, num_splits=10)
+    return dict(is10k_mean=mean, is10k_std=std)
+
+
+# Legacy metrics: at most 50k reals, the dataset's mirror setting kept.
+
+@register_metric
+def fid50k(opts: metric_utils.MetricOptions) -> dict:
+    opts.dataset_kwargs.update(max_size=None)
+    return _fid(opts, 'fid50k', 50000, 50000)
+
+
+@register_metric
+def kid50k(opts: metric_utils.MetricOptions) -> dict:
+    opts.dataset_kwargs.update(max_size=None)
+    kid = kernel_inception_distance.compute_kid(opts, max_real=50000, num_gen=50000, num_subsets=100,
+                                                max_subset_size=1000)
+    return dict(kid50k=kid)
+
+
+@register_metric(role=detectors.ROLE_VGG16, primary='_precision', higher_is_better=True)
+def pr50k3(opts: metric_utils.MetricOptions) -> dict:
+    opts.dataset_kwargs.update(max_size=None)
+    precision, recall = precision_recall.compute_pr(opts, max_real=50000, num_gen=50000, nhood_size=3,
+                                                    row_batch_size=10000, col_batch_size=10000)
+    return dict(pr50k3_precision=precision, pr50k3_recall=recall)

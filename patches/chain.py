@@ -54,8 +54,7 @@ Adopting CHAIN in another PyTorch GAN (a few lines)::
     ...
     ctx.update_p(real_logits, iteration)           # once per iteration, after the D step
 
-Decisions where the paper/code are silent are listed in ``DECISIONS`` below (copied into
-patches/README.md).
+Decisions where the paper and the official code are silent: patches/README.md.
 """
 
 from __future__ import annotations
@@ -64,40 +63,11 @@ import contextlib
 from typing import Iterator, Optional
 
 import torch
-
-from torch_utils import distributed
+import torch.distributed as dist
 
 LABELS = ('dreal', 'dfake', 'gfake')
 VARIANTS = ('chain', 'chain_batch')
 _VARIANT_ALIASES = {'chain': 'chain', 'cumulative': 'chain', 'chain_batch': 'chain_batch', 'batch': 'chain_batch'}
-
-DECISIONS = (
-    'Statistics (0MR means, ψ, running variances, gradient EMAs) are computed in at least FP32; '
-    'the output is cast back to the input dtype (§6).',
-    'With p == 0 a layer returns its input and updates no buffer (running variances included); '
-    'the 0MR term is still computed (§9.5 step order).',
-    'The cumulative variant keeps statistics per process (like non-synchronised BN); only the p '
-    'controller statistic is all-reduced.',
-    'Cumulative backward: the first backward call per forward application (create_graph or not) '
-    'uses the official formula and updates u; later calls through the same node (double-backward '
-    're-entry, repeated retain_graph backward) return the plain VJP g·s/sqrt(v+eps) (the -u·Ŷ term '
-    'is not linear in g and would otherwise be injected twice).',
-    'Consequence for a phase that computes R1 and the real loss from one forward (Dboth): the R1 '
-    'create_graph backward is the first call, so the real loss gradient gets the plain VJP there; '
-    'lazy R1 (Dreg every 16) keeps Dmain on the official formula.',
-    'The R1 pass (label dreal) updates running_var_real and, through its create_graph backward, '
-    'grad_var_dreal (C4: same buffers); it adds no 0MR term (pass_(..., r1=True) or simply not added).',
-    'No 0MR term is computed for gfake or R1 passes (the value would be discarded).',
-    'Eval mode (C5): no buffer updates, cumulative uses the running variance of the label '
-    '(real when unlabelled), output is the expectation (1-p)Y + p·ARMS_{M=1}(Y), plain autograd.',
-    'A training-mode forward outside a labelled pass behaves as eval mode and adds no 0MR term.',
-    'The mask is U <= p with U uniform FP32 from the global torch RNG on Y\'s device; an injected '
-    'mask (tests) replaces the draw but p == 0 still returns Y.',
-    'p is read by the layers as a cached Python float, refreshed when the buffer changes '
-    '(tensor version counter), so layers do not synchronise with the device.',
-    'The p controller skips iterations < start_iter entirely (neither EMA nor p change) and '
-    'iterations without real logits.',
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +196,8 @@ class ChainContext(torch.nn.Module):
         logits = real_logits.detach()
         stat = torch.stack([logits.sign().sum(dtype=torch.float64),
                             torch.tensor(float(logits.numel()), dtype=torch.float64, device=logits.device)])
-        distributed.all_reduce_sum_(stat)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(stat, op=dist.ReduceOp.SUM)
         sign_sum, count, a_old, p_old = torch.cat([stat, torch.stack([self.ema_sign, self.p]).to(stat.device)]).tolist()
         if count <= 0:
             return self.p_value

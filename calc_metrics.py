@@ -25,18 +25,24 @@ Metrics never download anything: FID/KID use default_1.pt from the installed fid
 
 from __future__ import annotations
 
-import copy
 import os
-import tempfile
-from typing import Any, Optional
 
-import click
-import torch
+# Idle OpenMP threads sleep instead of spinning: on a busy or shared CPU two spinning threads can
+# make the Inception forward 5x slower than one (bench/metrics_speed.py). Must precede torch.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-import dnnlib
-from dnnlib.util import UserError
-from metrics import metric_main, metric_utils
-from torch_utils import distributed, persistence
+import copy  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from typing import Any, Optional  # noqa: E402
+
+import click  # noqa: E402
+import torch  # noqa: E402
+
+import dnnlib  # noqa: E402
+from dnnlib.util import UserError  # noqa: E402
+from metrics import metric_main, metric_utils  # noqa: E402
+from torch_utils import distributed, persistence  # noqa: E402
 
 
 class CommaSeparatedList(click.ParamType):
@@ -73,8 +79,8 @@ def cpu_threads_per_process(num_processes: int) -> int:
 def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
     """One metric process: join the process group, load G, evaluate and report every metric."""
     device = pick_device(args.device, rank)
-    if device.type == 'cpu':
-        torch.set_num_threads(cpu_threads_per_process(args.num_gpus))
+    if device.type == 'cpu' and args.num_gpus > 1:
+        torch.set_num_threads(cpu_threads_per_process(args.num_gpus))  # the processes share the cores
     if args.num_gpus > 1:
         init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
         distributed.init_process_group(rank, args.num_gpus, device, init_method=f'file://{init_file}')
@@ -112,9 +118,11 @@ def build_args(metrics: list[str], network_path: Optional[str], gen_data: Option
         raise UserError('--metrics is empty; valid metrics: ' + ', '.join(metric_main.list_valid_metrics()))
     for metric in metrics:
         if not metric_main.is_valid_metric(metric):
-            raise UserError(f'--metrics: unknown metric "{metric}"; valid: {", ".join(metric_main.list_valid_metrics())}')
+            valid = ', '.join(metric_main.list_valid_metrics())
+            raise UserError(f'--metrics: unknown metric "{metric}"; valid: {valid}')
     if (network_path is None) == (gen_data is None):
-        raise UserError('give exactly one of --network=PATH (a snapshot) and --gen-data=PATH (a folder or zip of images)')
+        raise UserError('give exactly one of --network=PATH (a snapshot) and --gen-data=PATH '
+                        '(a folder or zip of images)')
     for flag, path in (('--network', network_path), ('--gen-data', gen_data), ('--data', data),
                        ('--ref-data', ref_data), ('--detector', detector), ('--vgg16', vgg16)):
         if path is not None and not os.path.exists(path) and not (flag in ('--data', '--ref-data') and
@@ -204,9 +212,21 @@ def main(metrics: list[str], network_path: Optional[str], gen_data: Optional[str
     with tempfile.TemporaryDirectory() as temp_dir:
         if gpus == 1:
             subprocess_fn(rank=0, args=args, temp_dir=temp_dir)
-        else:
-            torch.multiprocessing.set_start_method('spawn', force=True)
-            torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=gpus)
+            return
+        torch.multiprocessing.set_start_method('spawn', force=True)
+        try:
+            torch.multiprocessing.spawn(fn=_child, args=(args, temp_dir), nprocs=gpus)
+        except (torch.multiprocessing.ProcessExitedException, torch.multiprocessing.ProcessRaisedException) as e:
+            raise UserError(f'metric process {e.error_index} failed (its message is above)') from None
+
+
+def _child(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
+    """Entry point of a spawned process: user errors print one line and exit with code 1."""
+    try:
+        subprocess_fn(rank, args, temp_dir)
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == '__main__':

@@ -24,12 +24,14 @@ Sources (data-and-weights.md §0–§2, stylegan2-ada.md §6):
   or VGG16 features fails at once with a one-line :class:`~dnnlib.util.UserError` naming the
   flag to pass.
 
-Speed (bench/metrics_speed.py): for ``default_1.pt`` the convolutions are re-wired into an
-eager module (:class:`FastInception`) with the batch-norm folded into the convolution weights
-and bias, ReLU in place, channels-last tensors end to end and no ``contiguous()`` copies; the
-pools are the file's own scripted modules. Before first use it is checked against the
-TorchScript module on one image (relative error ≤ 1e-4, else the TorchScript is used). It
-computes the same function; only float round-off differs (≈1e-6 relative on the features).
+Speed (bench/metrics_speed.py): for ``default_1.pt`` the layers are re-wired into an eager
+module (:class:`FastInception`): batch-norm folded into the convolution weights and bias,
+oneDNN's fused conv+bias+ReLU with pre-reordered weights, channels-last tensors end to end with
+no ``contiguous()`` copies, and the branch average-pools moved after their 1×1 convolutions
+(exact: both are linear); the pools are the file's own scripted modules. Before first use it is
+checked against the TorchScript module on one image (relative error ≤ 1e-4, else the
+TorchScript is used). It computes the same function; only float round-off differs (≈2e-6
+relative on the features, ≈3e-7 on FID).
 """
 
 from __future__ import annotations
@@ -131,7 +133,10 @@ def to_inception_input(images: torch.Tensor, size: int = INCEPTION_SIZE) -> torc
 
 class FoldedConv(torch.nn.Module):
     """One ``conv(no bias) → batch_norm(mean, var, beta, eps=1e-3) → relu`` layer of the TF graph,
-    with the batch-norm folded: ``w' = w / √(var+eps)``, ``b' = beta − mean / √(var+eps)``."""
+    with the batch-norm folded: ``w' = w / √(var+eps)``, ``b' = beta − mean / √(var+eps)``.
+
+    On the CPU it runs oneDNN's fused conv+bias+ReLU with the weight reordered once into oneDNN's
+    blocked layout (bit-identical to the unfused op, tests/test_metrics.py)."""
 
     def __init__(self, scripted: Any):
         super().__init__()
@@ -142,12 +147,33 @@ class FoldedConv(torch.nn.Module):
         self.register_buffer('bias', bias.float())
         self.stride = _pair(scripted.stride)
         self.padding = _pair(scripted.padding)
+        self._packed: Optional[torch.Tensor] = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def is_pointwise(self) -> bool:
+        return tuple(self.weight.shape[2:]) == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
+
+    def _cpu_weight(self) -> torch.Tensor:
+        if self._packed is None:
+            self._packed = _pack_weight(self.weight, self.padding, self.stride)
+        return self._packed
+
+    def forward(self, x: torch.Tensor, relu_and_bias: bool = True) -> torch.Tensor:
+        if not relu_and_bias:
+            return F.conv2d(x, self.weight, None, self.stride, self.padding)
         if x.device.type == 'cpu' and _fused_conv_relu_ok():
-            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, list(self.padding),
+            return torch.ops.mkldnn._convolution_pointwise(x, self._cpu_weight(), self.bias, list(self.padding),
                                                            list(self.stride), [1, 1], 1, 'relu', [None], '')
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding).relu_()
+
+
+def _pack_weight(weight: torch.Tensor, padding: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """The weight in oneDNN's preferred layout (saves one reorder per call), or as it is."""
+    try:
+        return torch._C._nn.mkldnn_reorder_conv2d_weight(weight.contiguous().to_mkldnn(), list(padding),
+                                                         list(stride), [1, 1], 1)
+    except Exception:  # noqa: BLE001 - not available in this build: the plain weight works too
+        return weight
 
 
 _FUSED_OK: Optional[bool] = None
@@ -161,11 +187,51 @@ def _fused_conv_relu_ok() -> bool:
             gen = torch.Generator().manual_seed(0)
             x = torch.randn([2, 8, 9, 9], generator=gen).contiguous(memory_format=torch.channels_last)
             w, b = torch.randn([4, 8, 3, 3], generator=gen), torch.randn([4], generator=gen)
-            y = torch.ops.mkldnn._convolution_pointwise(x, w, b, [1, 1], [2, 2], [1, 1], 1, 'relu', [None], '')
-            _FUSED_OK = bool(torch.allclose(y, F.conv2d(x, w, b, 2, 1).relu(), rtol=1e-5, atol=1e-5))
+            ref = F.conv2d(x, w, b, 2, 1).relu()
+            ok = True
+            for weight in (w, _pack_weight(w, (1, 1), (2, 2))):
+                y = torch.ops.mkldnn._convolution_pointwise(x, weight, b, [1, 1], [2, 2], [1, 1], 1, 'relu',
+                                                            [None], '')
+                ok = ok and bool(torch.allclose(y, ref, rtol=1e-5, atol=1e-5))
+            _FUSED_OK = ok
         except Exception:  # noqa: BLE001 - op missing in this build: use the unfused path
             _FUSED_OK = False
     return _FUSED_OK
+
+
+# The branch pools of the Mixed blocks: 3×3 average, stride 1, padding 1, count_include_pad=False.
+_BRANCH_AVG_POOL_CODE = 'avg_pool2d(input, [3, 3], [1, 1], [1, 1], False, False)'
+
+
+def _is_branch_avg_pool(scripted: Any) -> bool:
+    try:
+        return scripted.original_name == 'AvgPool2d' and _BRANCH_AVG_POOL_CODE in scripted.code
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class AvgPoolConv1x1(torch.nn.Module):
+    """``relu(conv1x1(avgpool(x)) + b)`` computed as ``relu(avgpool(conv1x1(x)) + b)``.
+
+    Both are linear and the count_include_pad=False weights of each window sum to 1, so they
+    commute exactly in real arithmetic; the pool then runs on 32–192 instead of 192–1280 channels.
+    """
+
+    def __init__(self, conv: FoldedConv):
+        super().__init__()
+        assert conv.is_pointwise
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.avg_pool2d(self.conv(x, relu_and_bias=False), 3, 1, 1, count_include_pad=False)
+        return y.add_(self.conv.bias.view(1, -1, 1, 1)).relu_()
+
+
+def _pool_then_conv(pool: Any, conv: Any) -> torch.nn.Module:
+    folded = FoldedConv(conv)
+    if _is_branch_avg_pool(pool) and folded.is_pointwise:
+        return AvgPoolConv1x1(folded)
+    return torch.nn.Sequential(pool, folded)
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -182,11 +248,16 @@ def _rewire(scripted: Any) -> torch.nn.Module:
         return FoldedConv(scripted)
     kind = scripted.original_name
     if kind == 'Sequential':
-        return torch.nn.Sequential(*[_rewire(m) for _, m in scripted.named_children()])
+        children = [m for _, m in scripted.named_children()]
+        if len(children) == 2 and children[0].original_name in ('MaxPool2d', 'AvgPool2d') and _is_conv(children[1]):
+            return _pool_then_conv(children[0], children[1])
+        return torch.nn.Sequential(*[_rewire(m) for m in children])
     if kind in ('InceptionA', 'InceptionB', 'InceptionC', 'InceptionD'):
         return _Branches([_rewire(m) for _, m in scripted.named_children()])
     if kind == 'InceptionE':
-        return _InceptionE({n: _rewire(m) for n, m in scripted.named_children()})
+        parts = {n: _rewire(m) for n, m in scripted.named_children() if n not in ('tower_2_pool', 'tower_2_conv')}
+        parts['tower_2'] = _pool_then_conv(scripted.tower_2_pool, scripted.tower_2_conv)
+        return _InceptionE(parts)
     if kind in ('MaxPool2d', 'AvgPool2d'):
         return scripted  # parameter-free; the file's own pooling op (incl. count_include_pad=False)
     raise ValueError(f'unexpected module type {kind} in the Inception file')
@@ -204,7 +275,7 @@ class _Branches(torch.nn.Module):
 
 
 class _InceptionE(torch.nn.Module):
-    """Mixed blocks 7b/7c: ``[conv(x), m(a), m1(a), m(b), m1(b), conv(pool(x))]`` with
+    """Mixed blocks 7b/7c: ``[conv(x), m(a), m1(a), m(b), m1(b), tower_2_conv(tower_2_pool(x))]`` with
     ``a = tower_conv(x)`` and ``b = tower_1_conv_1(tower_1_conv(x))`` (the file's concat order)."""
 
     def __init__(self, parts: dict[str, torch.nn.Module]):
@@ -217,7 +288,7 @@ class _InceptionE(torch.nn.Module):
         b = p['tower_1_conv_1'](p['tower_1_conv'](x))
         return torch.cat([p['conv'](x), p['tower_mixed_conv'](a), p['tower_mixed_conv_1'](a),
                           p['tower_1_mixed_conv'](b), p['tower_1_mixed_conv_1'](b),
-                          p['tower_2_conv'](p['tower_2_pool'](x))], dim=1)
+                          p['tower_2'](x)], dim=1)
 
 
 class FastInception(torch.nn.Module):
@@ -284,7 +355,8 @@ class Detector:
         args = _forward_arg_names(self.module)
         self.convention = 'nvidia' if 'return_features' in args else 'plain'
         self.has_probs = self.convention == 'nvidia' and 'no_output_bias' in args
-        self.fast_module = make_fast_inception(self.module, self.device) if fast and self.convention == 'plain' else None
+        self.fast_module = (make_fast_inception(self.module, self.device)
+                            if fast and self.convention == 'plain' else None)
 
     @property
     def identity(self) -> str:
@@ -356,6 +428,8 @@ def load_detector(path: Optional[str], device: torch.device | str = 'cpu', fast:
     """Load (once per process, path and device) a detector; ``path=None`` → the default ``default_1.pt``."""
     is_default = path is None
     path = default_detector_path() if path is None else os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f'detector file not found: {path}')
     device = torch.device(device)
     key = (os.path.abspath(path), str(device), bool(fast))
     with _detector_lock:

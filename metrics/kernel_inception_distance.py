@@ -35,16 +35,15 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 def kernel_inception_distance(real: np.ndarray, gen: np.ndarray, num_subsets: int = 100,
                               max_subset_size: int = 1000, seed: int = 0) -> float:
     """Mean unbiased MMD² over ``num_subsets`` random subsets (stylegan2-ada.md §6 parameters)."""
-    real = np.asarray(real, dtype=np.float64)
-    gen = np.asarray(gen, dtype=np.float64)
+    real, gen = np.asarray(real), np.asarray(gen)  # kept as given (float32); subsets go to float64
     m = min(real.shape[0], gen.shape[0], max_subset_size)
     if m < 2:
         raise ValueError('KID needs at least 2 real and 2 generated samples')
     rng = np.random.RandomState(seed)
     total = 0.0
     for _ in range(num_subsets):
-        x = gen[rng.choice(gen.shape[0], m, replace=False)]
-        y = real[rng.choice(real.shape[0], m, replace=False)]
+        x = gen[rng.choice(gen.shape[0], m, replace=False)].astype(np.float64)
+        y = real[rng.choice(real.shape[0], m, replace=False)].astype(np.float64)
         total += mmd2_unbiased(x, y)
     return total / num_subsets
 

@@ -76,7 +76,8 @@ def check_metric(metric: str, detector_path: Optional[str] = None, vgg16_path: O
         raise UserError(f'unknown metric "{metric}"; valid metrics: {", ".join(list_valid_metrics())}')
     spec = _metric_dict[metric]
     if spec.needs_ref and not ref_dataset_kwargs:
-        raise UserError(f'{metric} compares against a reference set (e.g. the CIFAR-10 test split): pass --ref-data=PATH')
+        raise UserError(f'{metric} compares against a reference set (e.g. the CIFAR-10 test split): '
+                        f'pass --ref-data=PATH')
     if spec.needs_reals and not spec.needs_ref and not (dataset_kwargs or {}).get('path'):
         raise UserError(f'{metric} needs the real images: pass --data=PATH')
     detectors.resolve_detector(spec.role, detector_path, vgg16_path, metric, device)

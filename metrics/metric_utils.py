@@ -270,11 +270,11 @@ def dataset_content_digest(path: str) -> str:
         return _digest_memo[memo_key]
 
 
-def stats_cache_path(dataset_name: str, detector: detectors.Detector, key: dict) -> str:
-    """``<cache>/gan-metrics/<dataset>-<detector>-<sha1 of the key>.npz``."""
+def stats_cache_path(detector: detectors.Detector, key: dict) -> str:
+    """``<cache>/gan-metrics/<detector>-<sha1 of the key>.npz``; the key holds the dataset's content
+    digest, so a renamed or moved dataset with the same images hits the same file."""
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-    safe_name = ''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in dataset_name)
-    return dnnlib.util.make_cache_dir_path('gan-metrics', f'{safe_name}-{detector.name}-{digest}.npz')
+    return dnnlib.util.make_cache_dir_path('gan-metrics', f'{detector.name}-{digest}.npz')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +378,7 @@ def compute_feature_stats_for_dataset(opts: MetricOptions, detector: detectors.D
         key = dict(format=CACHE_FORMAT, content=dataset_content_digest(dataset_kwargs['path']),
                    dataset_kwargs=key_kwargs, detector=detector.identity, probs=probs,
                    capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=max_items)
-        cache_file = stats_cache_path(dataset.name, detector, key)
+        cache_file = stats_cache_path(detector, key)
         found = torch.as_tensor(os.path.isfile(cache_file) if opts.rank == 0 else False, dtype=torch.float32,
                                 device=opts.device if opts.device.type == 'cuda' else 'cpu')
         if opts.num_gpus > 1:

@@ -40,7 +40,7 @@ class _PlainStub(torch.nn.Module):
 
 
 class _NvidiaStub(torch.nn.Module):
-    """NVIDIA-convention stub: uint8 images in; ``return_features`` / ``no_output_bias`` like inception-2015-12-05.pt."""
+    """NVIDIA-convention stub: uint8 in; ``return_features`` / ``no_output_bias`` like inception-2015-12-05.pt."""
 
     def __init__(self, dim: int = 8, classes: int = 5):
         super().__init__()
@@ -81,8 +81,14 @@ def write_images(folder, arrays) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _cache_dir(tmp_path, monkeypatch):
+def _cache_dir_and_one_thread(tmp_path, monkeypatch):
+    # Tiny workloads: one thread. On a shared 2-core machine two busy-waiting OpenMP threads can be
+    # many times slower than one.
     monkeypatch.setenv('DEGAN_CACHE_DIR', str(tmp_path / 'cache'))
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,6 +104,19 @@ def test_frechet_distance_matches_float64_sqrtm_reference(n, d):
     assert expected > 0
     assert fid_mod.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-7)
     assert fid_mod.frechet_distance(mu1, s1, mu2, s2, method='sqrtm') == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize('n,d', [(30, 48), (50, 256)])
+def test_trace_sqrt_product_rank_deficient_equals_nuclear_norm(n, d):
+    # Σ1 = AᵀA/n, Σ2 = BᵀB/n (centred samples): the non-zero eigenvalues of Σ1Σ2 are the squared
+    # singular values of ABᵀ/n, so Tr((Σ1Σ2)^½) = ‖ABᵀ‖_* / n exactly — a well-conditioned reference.
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((n, d)) * rng.uniform(0.1, 3, d)
+    b = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) / math.sqrt(d)
+    a, b = a - a.mean(0), b - b.mean(0)
+    exact = np.linalg.svd(a @ b.T / n, compute_uv=False).sum()
+    got = fid_mod.trace_sqrt_product(a.T @ a / n, b.T @ b / n)
+    assert got == pytest.approx(exact, rel=1e-10)
 
 
 def test_frechet_distance_closed_form_commuting_rank_deficient():
@@ -247,9 +266,10 @@ def test_inception_score_via_stub_classifier_detector(tmp_path):
     imgs = torch.randint(0, 256, [10, 3, 8, 8], dtype=torch.uint8)
     probs = det.probabilities(imgs).double().numpy()
     module = torch.jit.load(path)
-    x = imgs.float().mean(dim=[2, 3]) / 255
-    feats = torch.tanh(x @ module.fc.weight.T + module.fc.bias)
-    by_hand = torch.softmax(feats @ module.head.weight.T, dim=1).double().numpy()  # no output bias
+    with torch.no_grad():
+        x = imgs.float().mean(dim=[2, 3]) / 255
+        feats = torch.tanh(x @ module.fc.weight.T + module.fc.bias)
+        by_hand = torch.softmax(feats @ module.head.weight.T, dim=1).double().numpy()  # no output bias
     np.testing.assert_allclose(probs, by_hand, rtol=1e-5)
     marginal = by_hand.mean(0)
     expected = math.exp(np.mean(np.sum(by_hand * (np.log(by_hand) - np.log(marginal)), axis=1)))
@@ -272,7 +292,7 @@ def ref_nv_resize(img: np.ndarray, size: int) -> np.ndarray:
             m[j, i1] += s - i0
         return m
     ry, rx = matrix(img.shape[-2]), matrix(img.shape[-1])
-    return np.einsum('yh,chw,xw->cyx', ry, img, rx)
+    return np.stack([ry @ channel @ rx.T for channel in img])
 
 
 @pytest.mark.parametrize('h,w', [(16, 16), (256, 256), (20, 40)])
@@ -293,7 +313,8 @@ def test_nv_bilinear_resize_matches_float64_formula(h, w):
 def test_resize_identity_at_299_and_value_scaling():
     img = torch.randint(0, 256, [1, 3, 299, 299]).float()
     assert torch.equal(detectors.nv_bilinear_resize(img), img)
-    x = detectors.to_inception_input(torch.tensor([0, 128, 255], dtype=torch.uint8).reshape(1, 3, 1, 1).expand(1, 3, 4, 4))
+    grey = torch.tensor([0, 128, 255], dtype=torch.uint8).reshape(1, 3, 1, 1).expand(1, 3, 4, 4)
+    x = detectors.to_inception_input(grey)
     assert x.shape == (1, 3, 299, 299)
     assert x[0, :, 0, 0].tolist() == [-1.0, 0.0, 127 / 128]
 

@@ -87,6 +87,7 @@ def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
     finally:
         logger.close()
         if args.num_gpus > 1 and distributed.is_initialized():
+            distributed.barrier()
             torch.distributed.destroy_process_group()
 
 

@@ -453,6 +453,7 @@ def training_loop(
 
     if writer is not None:
         writer.close()
+    distributed.barrier()  # every rank leaves together (rank 0 may still be writing files)
     log(f'\nExiting ({stop_reason}). Last snapshot: {last_snapshot}')
     return dict(cur_nimg=state.cur_nimg, last_snapshot=last_snapshot, stop_reason=stop_reason, G=G, D=D, G_ema=G_ema)
 

@@ -45,17 +45,6 @@ from metrics import metric_main, metric_utils  # noqa: E402
 from torch_utils import distributed, persistence  # noqa: E402
 
 
-class CommaSeparatedList(click.ParamType):
-    name = 'list'
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> list[str]:
-        if isinstance(value, list):
-            return value
-        if value is None or value.lower() == 'none' or value == '':
-            return []
-        return [v.strip() for v in value.split(',') if v.strip()]
-
-
 def pick_device(name: str, rank: int = 0) -> torch.device:
     """``auto`` → ``cuda:rank`` when CUDA is available, else the CPU."""
     if name == 'auto':
@@ -78,6 +67,8 @@ def cpu_threads_per_process(num_processes: int) -> int:
 
 def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
     """One metric process: join the process group, load G, evaluate and report every metric."""
+    from torch_utils.ops import _impl
+    _impl.set_default_impl(args.get('ops', 'auto'))
     device = pick_device(args.device, rank)
     if device.type == 'cpu' and args.num_gpus > 1:
         torch.set_num_threads(cpu_threads_per_process(args.num_gpus))  # the processes share the cores
@@ -103,6 +94,7 @@ def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
                 print()
     finally:
         if args.num_gpus > 1 and distributed.is_initialized():
+            distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
@@ -177,7 +169,7 @@ def dataset_options(network_path: Optional[str], data: Optional[str], mirror: Op
 @click.command(context_settings=dict(max_content_width=110))
 @click.option('--network', 'network_path', help='Network snapshot (.pt) to evaluate', metavar='PATH')
 @click.option('--gen-data', help='Folder or zip of generated images to evaluate instead of --network', metavar='PATH')
-@click.option('--metrics', help='Comma-separated list or "none"', type=CommaSeparatedList(), default='fid50k_full',
+@click.option('--metrics', help='Comma-separated list or "none"', type=dnnlib.util.CommaSeparatedList(), default='fid50k_full',
               show_default=True)
 @click.option('--data', help='Dataset to evaluate against [default: look up from the snapshot]', metavar='PATH')
 @click.option('--mirror', help='Whether the dataset was augmented with x-flips during training [default: look up]',
@@ -193,11 +185,13 @@ def dataset_options(network_path: Optional[str], data: Optional[str], mirror: Op
 @click.option('--seed', help='Seed of the generated latents and labels', type=int, default=0, show_default=True)
 @click.option('--batch', help='Images per detector call [default: 32 on CPU, 64 on CUDA]', type=int, metavar='INT')
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
+@click.option('--ops', type=click.Choice(['ref', 'cuda', 'auto']), default='auto', show_default=True,
+              help='Custom ops for the generator: ref, cuda, or auto (cuda when built and self-checked)')
 @click.option('--cache', help='Reuse cached dataset statistics', type=bool, default=True, show_default=True,
               metavar='BOOL')
 def main(metrics: list[str], network_path: Optional[str], gen_data: Optional[str], data: Optional[str],
          mirror: Optional[bool], gpus: int, verbose: bool, detector: Optional[str], vgg16: Optional[str],
-         ref_data: Optional[str], seed: int, batch: Optional[int], device: str, cache: bool) -> None:
+         ref_data: Optional[str], seed: int, batch: Optional[int], device: str, ops: str, cache: bool) -> None:
     """Calculate quality metrics for a degan snapshot or a folder of generated images.
 
     Available metrics: fid50k_full, fid10k_full, fid5k_full, fid10k_test, kid50k_full, pr50k3_full,
@@ -205,6 +199,7 @@ def main(metrics: list[str], network_path: Optional[str], gen_data: Optional[str
     """
     args = build_args(metrics, network_path, gen_data, data, mirror, gpus, verbose, detector, vgg16, ref_data,
                       seed, batch, device, cache)
+    args.ops = ops
     if verbose:
         print(f'Evaluating {", ".join(metrics)} on '
               f'{network_path if network_path is not None else gen_data} '

@@ -30,29 +30,6 @@ from dnnlib.util import UserError
 from training import config
 
 
-class CommaSeparatedList(click.ParamType):
-    name = 'list'
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> list[str]:
-        if isinstance(value, list):
-            return value
-        if value is None or value.lower() == 'none' or value == '':
-            return []
-        return [v.strip() for v in value.split(',') if v.strip()]
-
-
-class IntList(click.ParamType):
-    name = 'ints'
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Optional[list[int]]:
-        if isinstance(value, list) or value is None:
-            return value
-        try:
-            return dnnlib.util.parse_int_list(value)
-        except UserError as e:
-            self.fail(str(e), param, ctx)
-
-
 def next_run_dir(outdir: str, desc: str) -> str:
     """``<outdir>/<NNNNN>-<desc>`` with NNNNN one past the highest existing id (upstream naming)."""
     prev_ids = []
@@ -126,7 +103,10 @@ def launch_training(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool
 @click.option('--outdir', help='Where to save the results', required=True, metavar='DIR')
 @click.option('--gpus', help='Number of processes (GPUs; CPU processes with --device=cpu) [default: 1]', type=int, default=1, metavar='INT')
 @click.option('--snap', help='Snapshot interval [default: 50 ticks]', type=int, default=50, metavar='INT')
-@click.option('--metrics', help='Comma-separated list or "none" [default: fid50k_full]', type=CommaSeparatedList())
+@click.option('--metrics', help='Comma-separated list or "none" [default: fid50k_full]', type=dnnlib.util.CommaSeparatedList())
+@click.option('--detector', help='TorchScript Inception for metrics instead of default_1.pt (IS needs one with logits)', metavar='PATH')
+@click.option('--vgg16', help="NVIDIA's TorchScript vgg16.pt, for pr50k3* metrics", metavar='PATH')
+@click.option('--ref-data', help='Reference dataset for *_test metrics (e.g. the CIFAR-10 test split)', metavar='PATH')
 @click.option('--seed', help='Random seed [default: 0]', type=int, default=0, metavar='INT')
 @click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
 # Dataset.
@@ -181,7 +161,7 @@ def launch_training(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool
 # CHAIN.
 @click.option('--chain', help='CHAIN normalisation in D [default: 0]', type=bool, default=False, metavar='BOOL')
 @click.option('--chain-type', help='chain (cumulative) or chain_batch [default: chain]', type=click.Choice(['chain', 'chain_batch']), default='chain')
-@click.option('--chain-res', help='D block resolutions with CHAIN [default: all >= 8]', type=IntList())
+@click.option('--chain-res', help='D block resolutions with CHAIN [default: all >= 8]', type=dnnlib.util.IntList())
 @click.option('--chain-place', help='Where in a block: C1, C2, CS [default: C1C2CS]', default='C1C2CS')
 @click.option('--chain-tau', help='Target tau [default: 0.5]', type=float, default=0.5)
 @click.option('--chain-lambda', help='0MR weight lambda [default: 20]', type=float, default=20)

@@ -16,6 +16,8 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+import click
+
 
 class EasyDict(dict):
     """A dict whose keys can also be read and written as attributes (``d.key``)."""
@@ -218,13 +220,37 @@ def construct_class_by_name(*args: Any, class_name: str, **kwargs: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Command-line entry points.
 
+class CommaSeparatedList(click.ParamType):
+    """click type for ``--metrics=fid5k_full,kid50k_full`` (``none`` or empty → [])."""
+    name = 'list'
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> list[str]:
+        if isinstance(value, list):
+            return value
+        if value is None or value.lower() == 'none' or value == '':
+            return []
+        return [v.strip() for v in value.split(',') if v.strip()]
+
+
+class IntList(click.ParamType):
+    """click type for integer lists with ranges, e.g. ``--chain-res=16,32`` or ``0-7,12``."""
+    name = 'ints'
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Optional[list[int]]:
+        if isinstance(value, list) or value is None:
+            return value
+        try:
+            return parse_int_list(value)
+        except UserError as e:
+            self.fail(str(e), param, ctx)
+
+
 def run_cli(command: Any, argv: Optional[list[str]] = None) -> None:
     """Run a click command so that user errors and bad flags print one line, not a traceback.
 
     ``UserError`` → ``error: <message>`` and exit code 1; a click usage error → exit code 2;
     Ctrl-C → exit code 130.
     """
-    import click
     try:
         command.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:

@@ -35,6 +35,9 @@ class TrainOptions:
     gpus: int = 1
     snap: int = 50
     metrics: Optional[list[str]] = None
+    detector: Optional[str] = None
+    vgg16: Optional[str] = None
+    ref_data: Optional[str] = None
     seed: int = 0
     data: str = ''
     cond: bool = False
@@ -121,7 +124,7 @@ def build_training_args(opts: TrainOptions) -> tuple[str, dnnlib.EasyDict]:
                            random_seed=opts.seed, device=None if opts.device == 'auto' else opts.device,
                            ops_impl=opts.ops)
     args.metrics = ['fid50k_full'] if opts.metrics is None else list(opts.metrics)
-    _check_metrics(args.metrics)
+    args.metric_kwargs = _metric_kwargs(opts, args.metrics)
 
     # Dataset: data, cond, subset, mirror.
     args.training_set_kwargs, training_set = open_training_set(opts)
@@ -170,15 +173,26 @@ def data_loader_kwargs(workers: int) -> dnnlib.EasyDict:
     return dnnlib.EasyDict(num_workers=num_workers, prefetch_factor=2, persistent_workers=True)
 
 
-def _check_metrics(metrics: list[str]) -> None:
-    try:
-        from metrics import metric_main
-    except ImportError:  # the metrics package is optional at this layer
-        return
+def _metric_kwargs(opts: TrainOptions, metrics: list[str]) -> dnnlib.EasyDict:
+    """Validate --metrics (and the weight files they need) at start; kwargs for ``calc_metric``."""
+    import os
+
+    from metrics import metric_main, metric_utils
     for metric in metrics:
         if not metric_main.is_valid_metric(metric):
             valid = ', '.join(metric_main.list_valid_metrics())
             raise UserError(f'--metrics: unknown metric "{metric}"; valid: {valid}, or none')
+    for flag, path in (('--detector', opts.detector), ('--vgg16', opts.vgg16), ('--ref-data', opts.ref_data)):
+        if path is not None and not os.path.exists(path) and not (flag == '--ref-data' and path.startswith('builtin')):
+            raise UserError(f'{flag}={path}: no such file or folder')
+    kwargs = dnnlib.EasyDict(detector_path=opts.detector, vgg16_path=opts.vgg16, ref_dataset_kwargs=None)
+    if opts.ref_data is not None:
+        kwargs.ref_dataset_kwargs = dnnlib.EasyDict(class_name=metric_utils.DEFAULT_DATASET_CLASS, path=opts.ref_data,
+                                                    max_size=None, xflip=False)
+    for metric in metrics:  # e.g. is10k without an Inception that has logits: fail now, not after hours
+        metric_main.check_metric(metric, opts.detector, opts.vgg16, dict(path=opts.data),
+                                 kwargs.ref_dataset_kwargs, device='cpu')
+    return kwargs
 
 
 def _base_config(opts: TrainOptions, args: dnnlib.EasyDict, resolution: int) -> str:

@@ -31,6 +31,7 @@
 #include <stdint.h>
 
 #include "kernels.h"
+#include "elem.cuh"
 
 namespace degan_ops {
 namespace {
@@ -41,20 +42,6 @@ constexpr int64_t kMaxBlocks = 65535 * 8;
 constexpr float kSeluLambda = 1.0507009873554804934193349852946f;
 constexpr float kSeluAlpha = 1.6732632423543772848170429916717f;
 constexpr float kSoftplusLinear = 80.f;  // softplus(s) = s above this (CUDA threshold, §2)
-
-template <typename T> struct Elem;
-template <> struct Elem<float> {
-    static __host__ __device__ __forceinline__ float load(float v) { return v; }
-    static __host__ __device__ __forceinline__ float store(float v) { return v; }
-};
-template <> struct Elem<__half> {
-    static __host__ __device__ __forceinline__ float load(__half v) { return __half2float(v); }
-    static __host__ __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
-};
-template <> struct Elem<__nv_bfloat16> {
-    static __host__ __device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
-    static __host__ __device__ __forceinline__ __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
-};
 
 __host__ __device__ __forceinline__ float sigmoidf_(float s) { return 1.f / (1.f + expf(-s)); }
 

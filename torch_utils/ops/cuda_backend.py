@@ -51,7 +51,7 @@ PLUGIN_NAME = 'degan_ops_plugin'
 ABI_VERSION = 1  # must equal kAbiVersion in ops_binding.cpp
 OPS_DIR = os.path.dirname(os.path.abspath(__file__))
 PLUGIN_SOURCES = ('ops_binding.cpp', 'upfirdn2d_kernel.cu', 'bias_act_kernel.cu')
-PLUGIN_HEADERS = ('kernels.h',)
+PLUGIN_HEADERS = ('kernels.h', 'elem.cuh')
 
 MAX_FACTOR = 8   # kUpfirdn2dMaxFactor in kernels.h
 MAX_TAPS = 64    # kUpfirdn2dMaxTaps in kernels.h

@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "kernels.h"
+#include "elem.cuh"
 
 #if defined(DEGAN_HOST_EMULATION)
 #include <vector>
@@ -39,22 +40,6 @@ constexpr int kThreads = 256;              // threads per block
 constexpr int kTargetOutputs = 1024;       // outputs per block we aim for
 constexpr int kSoftTileBytes = 16 * 1024;  // staged-input budget we aim for (shared memory)
 
-// ---------------------------------------------------------------------------------------------
-// Element conversions: everything is computed in fp32 and rounded once on store.
-
-template <typename T> struct Elem;
-template <> struct Elem<float> {
-    static __host__ __device__ __forceinline__ float load(float v) { return v; }
-    static __host__ __device__ __forceinline__ float store(float v) { return v; }
-};
-template <> struct Elem<__half> {
-    static __host__ __device__ __forceinline__ float load(__half v) { return __half2float(v); }
-    static __host__ __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
-};
-template <> struct Elem<__nv_bfloat16> {
-    static __host__ __device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
-    static __host__ __device__ __forceinline__ __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
-};
 
 // Floor division and non-negative remainder for b > 0 (C++ '/' truncates toward zero).
 __host__ __device__ __forceinline__ int floor_div(int a, int b) {

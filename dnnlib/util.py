@@ -100,6 +100,13 @@ def to_jsonable(obj: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Files.
 
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than two calls)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = '') -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path`` atomically.
@@ -111,6 +118,7 @@ def atomic_path(path: str, suffix: str = '') -> Iterator[str]:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix=suffix + '.tmp', dir=directory)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; final files get the usual mode
     try:
         yield tmp
         with open(tmp, 'rb') as f:

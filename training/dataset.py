@@ -35,7 +35,7 @@ import PIL.Image
 import torch
 
 import dnnlib
-from dnnlib.util import UserError
+from dnnlib.util import UserError, current_umask
 
 LabelValue = Union[int, Sequence[float], None]
 
@@ -509,12 +509,6 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 class DatasetWriter:
     """Write a dataset (``.zip`` → ZIP_STORED archive, else a folder) atomically.
 
@@ -539,7 +533,7 @@ class DatasetWriter:
         else:
             self._tmp = tempfile.mkdtemp(prefix=base, suffix='.tmp', dir=parent)
             self._zip = None
-        os.chmod(self._tmp, (0o777 if not self.is_zip else 0o666) & ~_current_umask())
+        os.chmod(self._tmp, (0o777 if not self.is_zip else 0o666) & ~current_umask())
         self._labels: list[tuple[str, LabelValue]] = []
         self._done = False
 

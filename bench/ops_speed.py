@@ -23,13 +23,13 @@ import argparse
 import math
 import os
 import sys
-import time
 from typing import Any, Callable, Optional
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/common.py puts the repo root on the path
 
+import common  # noqa: E402
 from torch_utils.ops import cuda_backend  # noqa: E402
 
 CHANNEL_BASE, CHANNEL_MAX = 16384, 512  # --cfg=auto below 512 px (stylegan2-ada.md §2)
@@ -71,24 +71,9 @@ def op_cases(batch: int, device: torch.device) -> list[tuple[str, str, dict[str,
     return cases
 
 
-def sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 def time_it(fn: Callable[[], Any], device: torch.device, iters: int, warmup: int = 2) -> float:
     """Median wall time of fn() in milliseconds (synchronised on CUDA)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+    return common.time_it(fn, device, warmup=warmup, repeats=iters)[0] * 1e3
 
 
 def make_runner(op: str, kw: dict[str, Any], impl: str, device: torch.device, dtype: torch.dtype,

@@ -52,10 +52,8 @@ def compute_kid(opts: metric_utils.MetricOptions, max_real: int | None, num_gen:
                 num_subsets: int = 100, max_subset_size: int = 1000) -> float:
     detector = detectors.resolve_detector(detectors.ROLE_FEATURES, opts.detector_path, opts.vgg16_path,
                                           opts.metric or 'KID', opts.device)
-    real = metric_utils.compute_feature_stats_for_dataset(opts, detector, capture_all=True,
-                                                          max_items=max_real).get_all()
-    gen = metric_utils.compute_feature_stats_for_generator(opts, detector, capture_all=True,
-                                                           max_items=num_gen).get_all()
+    real_stats, gen_stats = metric_utils.capture_all_features(opts, detector, max_real, num_gen)
+    real, gen = real_stats.get_all(), gen_stats.get_all()
     if opts.rank != 0:
         return float('nan')
     return kernel_inception_distance(real, gen, num_subsets, max_subset_size, seed=opts.seed)

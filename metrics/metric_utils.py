@@ -445,6 +445,15 @@ def compute_feature_stats_for_generator(opts: MetricOptions, detector: detectors
     return stats
 
 
+def capture_all_features(opts: MetricOptions, detector: detectors.Detector, max_real: Optional[int],
+                         num_gen: int) -> tuple[FeatureStats, FeatureStats]:
+    """Every feature vector of the real set (up to ``max_real``) and of ``num_gen`` generated images
+    (KID and precision/recall work on the samples, not on mean/covariance)."""
+    real = compute_feature_stats_for_dataset(opts, detector, capture_all=True, max_items=max_real)
+    gen = compute_feature_stats_for_generator(opts, detector, capture_all=True, max_items=num_gen)
+    return real, gen
+
+
 class GeneratorSampler:
     """Draws uint8 images from ``opts.G`` with seeded latents/labels (seed, rank) in eval mode."""
 

@@ -62,10 +62,8 @@ def compute_pr(opts: metric_utils.MetricOptions, max_real: int | None, num_gen: 
                row_batch_size: int = 10000, col_batch_size: int = 10000) -> tuple[float, float]:
     detector = detectors.resolve_detector(detectors.ROLE_VGG16, opts.detector_path, opts.vgg16_path,
                                           opts.metric or 'precision/recall', opts.device)
-    real = metric_utils.compute_feature_stats_for_dataset(opts, detector, capture_all=True,
-                                                          max_items=max_real).get_all_torch()
-    gen = metric_utils.compute_feature_stats_for_generator(opts, detector, capture_all=True,
-                                                           max_items=num_gen).get_all_torch()
+    real_stats, gen_stats = metric_utils.capture_all_features(opts, detector, max_real, num_gen)
+    real, gen = real_stats.get_all_torch(), gen_stats.get_all_torch()
     if opts.rank != 0:
         return float('nan'), float('nan')
     real, gen = real.to(opts.device), gen.to(opts.device)

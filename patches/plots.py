@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -180,17 +180,25 @@ def _save(fig: Any, path: str) -> str:
     return path
 
 
-def plot_d_gap(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str, smooth: int = 1) -> str:
-    """Fig. 3a for one or more runs (label, stats rows)."""
-    fig, (ax,) = _new_figure()
+def _plot_series(ax: Any, runs: Sequence[tuple[str, Sequence[dict[str, Any]]]],
+                 series: Callable[[Sequence[dict[str, Any]]], tuple[np.ndarray, np.ndarray]],
+                 smooth: int, missing: str) -> None:
+    """One smoothed line per run of ``series(rows)``; ``missing`` is the error when no run has data."""
     drawn = 0
     for label, rows in runs:
-        x, y = d_gap_series(rows)
+        x, y = series(rows)
         if len(x):
             ax.plot(x, moving_average(y, smooth), label=label, linewidth=1.2)
             drawn += 1
     if not drawn:
-        raise UserError('Fig. 3a: no run logs Progress/kimg with Loss/scores/real and Loss/scores/fake')
+        raise UserError(missing)
+
+
+def plot_d_gap(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str, smooth: int = 1) -> str:
+    """Fig. 3a for one or more runs (label, stats rows)."""
+    fig, (ax,) = _new_figure()
+    _plot_series(ax, runs, d_gap_series, smooth,
+                 'Fig. 3a: no run logs Progress/kimg with Loss/scores/real and Loss/scores/fake')
     ax.axhline(0.0, color='0.6', linewidth=0.8, linestyle=':')
     ax.set_xlabel('kimg (real images shown to D, thousands)')
     ax.set_ylabel('mean D(x) − mean D(G(z))  (logits)')
@@ -230,14 +238,8 @@ def plot_k_windows(runs: Sequence[tuple[str, dict[str, np.ndarray]]], path: str,
 def plot_selected_per_4k(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str, smooth: int = 1) -> str:
     """Fig. 15: average number of selected fakes per 4k fakes against kimg."""
     fig, (ax,) = _new_figure()
-    drawn = 0
-    for label, rows in runs:
-        x, y = selected_per_4k_series(rows)
-        if len(x):
-            ax.plot(x, moving_average(y, smooth), label=label, linewidth=1.2)
-            drawn += 1
-    if not drawn:
-        raise UserError('Fig. 15: no run logs ATopk/selected_fraction (was it trained with --atopk=1?)')
+    _plot_series(ax, runs, selected_per_4k_series, smooth,
+                 'Fig. 15: no run logs ATopk/selected_fraction (was it trained with --atopk=1?)')
     ax.axhline(FAKES_PER_BLOCK, color='0.6', linewidth=0.8, linestyle='--', label='all fakes (baseline)')
     ax.set_ylim(0, FAKES_PER_BLOCK * 1.05)
     ax.set_xlabel('kimg')

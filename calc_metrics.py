@@ -43,6 +43,7 @@ import dnnlib  # noqa: E402
 from dnnlib.util import UserError  # noqa: E402
 from metrics import metric_main, metric_utils  # noqa: E402
 from torch_utils import distributed, persistence  # noqa: E402
+from training.dataset import require_existing_paths  # noqa: E402
 
 
 def pick_device(name: str, rank: int = 0) -> torch.device:
@@ -68,7 +69,7 @@ def cpu_threads_per_process(num_processes: int) -> int:
 def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
     """One metric process: join the process group, load G, evaluate and report every metric."""
     from torch_utils.ops import _impl
-    _impl.set_default_impl(args.get('ops', 'auto'))
+    _impl.set_default_impl(args.ops)
     device = pick_device(args.device, rank)
     if device.type == 'cpu' and args.num_gpus > 1:
         torch.set_num_threads(cpu_threads_per_process(args.num_gpus))  # the processes share the cores
@@ -100,7 +101,8 @@ def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
 
 def build_args(metrics: list[str], network_path: Optional[str], gen_data: Optional[str], data: Optional[str],
                mirror: Optional[bool], gpus: int, verbose: bool, detector: Optional[str], vgg16: Optional[str],
-               ref_data: Optional[str], seed: int, batch: Optional[int], device: str, cache: bool) -> dnnlib.EasyDict:
+               ref_data: Optional[str], seed: int, batch: Optional[int], device: str, ops: str,
+               cache: bool) -> dnnlib.EasyDict:
     """Validate the flags and assemble the options of every process (errors are one-line UserErrors)."""
     if gpus < 1:
         raise UserError('--gpus must be at least 1')
@@ -108,28 +110,20 @@ def build_args(metrics: list[str], network_path: Optional[str], gen_data: Option
         raise UserError('--batch must be at least 1')
     if not metrics:
         raise UserError('--metrics is empty; valid metrics: ' + ', '.join(metric_main.list_valid_metrics()))
-    for metric in metrics:
-        if not metric_main.is_valid_metric(metric):
-            valid = ', '.join(metric_main.list_valid_metrics())
-            raise UserError(f'--metrics: unknown metric "{metric}"; valid: {valid}')
+    metric_main.check_metric_names(metrics)
     if (network_path is None) == (gen_data is None):
         raise UserError('give exactly one of --network=PATH (a snapshot) and --gen-data=PATH '
                         '(a folder or zip of images)')
-    for flag, path in (('--network', network_path), ('--gen-data', gen_data), ('--data', data),
-                       ('--ref-data', ref_data), ('--detector', detector), ('--vgg16', vgg16)):
-        if path is not None and not os.path.exists(path) and not (flag in ('--data', '--ref-data') and
-                                                                  path.startswith('builtin')):
-            raise UserError(f'{flag}={path}: no such file or folder')
+    require_existing_paths([('--network', network_path), ('--gen-data', gen_data), ('--data', data),
+                            ('--ref-data', ref_data), ('--detector', detector), ('--vgg16', vgg16)])
 
     args = dnnlib.EasyDict(metrics=metrics, network_path=network_path, num_gpus=gpus, verbose=verbose,
-                           detector=detector, vgg16=vgg16, seed=seed, batch=batch, device=device, cache=cache,
-                           run_dir=None, gen_dataset_kwargs=None, ref_dataset_kwargs=None)
+                           detector=detector, vgg16=vgg16, seed=seed, batch=batch, device=device, ops=ops, cache=cache,
+                           run_dir=None, gen_dataset_kwargs=None,
+                           ref_dataset_kwargs=metric_utils.reference_dataset_kwargs(ref_data))
     args.dataset_kwargs = dataset_options(network_path, data, mirror)
     if gen_data is not None:
         args.gen_dataset_kwargs = dnnlib.EasyDict(path=gen_data)
-    if ref_data is not None:
-        args.ref_dataset_kwargs = dnnlib.EasyDict(class_name=metric_utils.DEFAULT_DATASET_CLASS, path=ref_data,
-                                                  max_size=None, xflip=False)
     if network_path is not None:
         run_dir = os.path.dirname(os.path.abspath(network_path))
         if os.path.isfile(os.path.join(run_dir, 'training_options.json')):
@@ -198,8 +192,7 @@ def main(metrics: list[str], network_path: Optional[str], gen_data: Optional[str
     is50k, is10k, and the legacy fid50k, kid50k, pr50k3.
     """
     args = build_args(metrics, network_path, gen_data, data, mirror, gpus, verbose, detector, vgg16, ref_data,
-                      seed, batch, device, cache)
-    args.ops = ops
+                      seed, batch, device, ops, cache)
     if verbose:
         print(f'Evaluating {", ".join(metrics)} on '
               f'{network_path if network_path is not None else gen_data} '

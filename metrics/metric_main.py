@@ -67,6 +67,13 @@ def list_valid_metrics() -> list[str]:
     return list(_metric_dict.keys())
 
 
+def check_metric_names(metrics: list[str]) -> None:
+    """One-line UserError for the first name in ``--metrics`` that is not a registered metric."""
+    for metric in metrics:
+        if not is_valid_metric(metric):
+            raise UserError(f'--metrics: unknown metric "{metric}"; valid: {", ".join(list_valid_metrics())}')
+
+
 def check_metric(metric: str, detector_path: Optional[str] = None, vgg16_path: Optional[str] = None,
                  dataset_kwargs: Optional[dict] = None, ref_dataset_kwargs: Optional[dict] = None,
                  device: torch.device | str = 'cpu') -> None:

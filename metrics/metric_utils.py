@@ -354,6 +354,13 @@ def _extract_from_dataset(dataset: torch.utils.data.Dataset, num_items: int, det
 # Real images (cached).
 
 
+def reference_dataset_kwargs(path: Optional[str]) -> Optional[dnnlib.EasyDict]:
+    """Dataset options of ``--ref-data`` (whole set, no mirroring), or None when it is not given."""
+    if path is None:
+        return None
+    return dnnlib.EasyDict(class_name=DEFAULT_DATASET_CLASS, path=path, max_size=None, xflip=False)
+
+
 def open_dataset(dataset_kwargs: dict) -> torch.utils.data.Dataset:
     kwargs = dict(dataset_kwargs)
     kwargs.setdefault('class_name', DEFAULT_DATASET_CLASS)

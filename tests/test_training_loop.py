@@ -177,6 +177,11 @@ def test_ctrl_c_writes_a_final_snapshot(tmp_path):
     (['--diffaugment=color,bogus'], 'diffaugment'),
     (['--chain=1', '--chain-place=C3'], 'chain-place'),
     (['--data=/nonexistent/folder'], 'nonexistent'),
+    (['--metrics=fid5k'], 'unknown metric "fid5k"'),
+    (['--metrics=is10k'], '--detector'),
+    (['--metrics=pr50k3_full'], '--vgg16'),
+    (['--metrics=fid10k_test'], '--ref-data'),
+    (['--metrics=none', '--ref-data=/nonexistent/ref'], '--ref-data=/nonexistent/ref: no such file'),
 ])
 def test_bad_flags_give_one_line_errors(tmp_path, flags, message):
     cmd = [sys.executable, 'train.py', f'--outdir={tmp_path}', '--data=builtin:16', '--batch=4', '-n'] + flags

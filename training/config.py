@@ -175,20 +175,12 @@ def data_loader_kwargs(workers: int) -> dnnlib.EasyDict:
 
 def _metric_kwargs(opts: TrainOptions, metrics: list[str]) -> dnnlib.EasyDict:
     """Validate --metrics (and the weight files they need) at start; kwargs for ``calc_metric``."""
-    import os
-
     from metrics import metric_main, metric_utils
-    for metric in metrics:
-        if not metric_main.is_valid_metric(metric):
-            valid = ', '.join(metric_main.list_valid_metrics())
-            raise UserError(f'--metrics: unknown metric "{metric}"; valid: {valid}, or none')
-    for flag, path in (('--detector', opts.detector), ('--vgg16', opts.vgg16), ('--ref-data', opts.ref_data)):
-        if path is not None and not os.path.exists(path) and not (flag == '--ref-data' and path.startswith('builtin')):
-            raise UserError(f'{flag}={path}: no such file or folder')
-    kwargs = dnnlib.EasyDict(detector_path=opts.detector, vgg16_path=opts.vgg16, ref_dataset_kwargs=None)
-    if opts.ref_data is not None:
-        kwargs.ref_dataset_kwargs = dnnlib.EasyDict(class_name=metric_utils.DEFAULT_DATASET_CLASS, path=opts.ref_data,
-                                                    max_size=None, xflip=False)
+    from training.dataset import require_existing_paths
+    metric_main.check_metric_names(metrics)
+    require_existing_paths([('--detector', opts.detector), ('--vgg16', opts.vgg16), ('--ref-data', opts.ref_data)])
+    kwargs = dnnlib.EasyDict(detector_path=opts.detector, vgg16_path=opts.vgg16,
+                             ref_dataset_kwargs=metric_utils.reference_dataset_kwargs(opts.ref_data))
     for metric in metrics:  # e.g. is10k without an Inception that has logits: fail now, not after hours
         metric_main.check_metric(metric, opts.detector, opts.vgg16, dict(path=opts.data),
                                  kwargs.ref_dataset_kwargs, device='cpu')

@@ -509,6 +509,18 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def require_existing_paths(paths: Sequence[tuple[str, Optional[str]]]) -> None:
+    """One-line UserError for the first (flag, path) whose path does not exist. Dataset flags
+    (``--data``, ``--ref-data``) also accept the built-in dataset, ``builtin[:RES]``."""
+    from training import builtin_dataset
+    for flag, path in paths:
+        if path is None or os.path.exists(path):
+            continue
+        if flag in ('--data', '--ref-data') and builtin_dataset.parse_builtin_spec(path) is not None:
+            continue
+        raise UserError(f'{flag}={path}: no such file or folder')
+
+
 class DatasetWriter:
     """Write a dataset (``.zip`` → ZIP_STORED archive, else a folder) atomically.
 

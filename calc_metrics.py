@@ -34,7 +34,7 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import copy  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-from typing import Any, Optional  # noqa: E402
+from typing import Optional  # noqa: E402
 
 import click  # noqa: E402
 import torch  # noqa: E402
@@ -42,8 +42,10 @@ import torch  # noqa: E402
 import dnnlib  # noqa: E402
 from dnnlib.util import UserError  # noqa: E402
 from metrics import metric_main, metric_utils  # noqa: E402
-from torch_utils import distributed, persistence  # noqa: E402
-from training.dataset import require_existing_paths  # noqa: E402
+from torch_utils import distributed  # noqa: E402
+from training import snapshot_io  # noqa: E402
+from training.dataset import (IMAGE_FOLDER_CLASS, image_files_kwargs, image_folder_kwargs,  # noqa: E402
+                              reference_dataset_kwargs, require_existing_paths)
 
 
 def pick_device(name: str, rank: int = 0) -> torch.device:
@@ -79,7 +81,7 @@ def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
     try:
         G = None
         if args.network_path is not None:
-            G = persistence.load_network(args.network_path, key='G_ema', device=device)
+            G, _ = snapshot_io.load_generator(args.network_path, device, noise_mode='random')  # G's defaults
         progress = metric_utils.ProgressMonitor(verbose=args.verbose and rank == 0)
         for metric in args.metrics:
             if rank == 0 and args.verbose:
@@ -119,11 +121,9 @@ def build_args(metrics: list[str], network_path: Optional[str], gen_data: Option
 
     args = dnnlib.EasyDict(metrics=metrics, network_path=network_path, num_gpus=gpus, verbose=verbose,
                            detector=detector, vgg16=vgg16, seed=seed, batch=batch, device=device, ops=ops, cache=cache,
-                           run_dir=None, gen_dataset_kwargs=None,
-                           ref_dataset_kwargs=metric_utils.reference_dataset_kwargs(ref_data))
+                           run_dir=None, gen_dataset_kwargs=image_files_kwargs(gen_data),
+                           ref_dataset_kwargs=reference_dataset_kwargs(ref_data))
     args.dataset_kwargs = dataset_options(network_path, data, mirror)
-    if gen_data is not None:
-        args.gen_dataset_kwargs = dnnlib.EasyDict(path=gen_data)
     if network_path is not None:
         run_dir = os.path.dirname(os.path.abspath(network_path))
         if os.path.isfile(os.path.join(run_dir, 'training_options.json')):
@@ -135,20 +135,21 @@ def build_args(metrics: list[str], network_path: Optional[str], gen_data: Option
 
 
 def dataset_options(network_path: Optional[str], data: Optional[str], mirror: Optional[bool]) -> dnnlib.EasyDict:
-    """The real dataset: ``--data``, else the snapshot's ``training_set_kwargs``; resolution and
-    labels follow the network (as upstream)."""
+    """The real dataset's ``dataset_kwargs`` (with its ``class_name``, which the metrics need):
+    ``--data``, else the snapshot's ``training_set_kwargs``; resolution and labels follow the
+    network (as upstream)."""
     snapshot: dict = {}
     G = None
     if network_path is not None:
-        snapshot = persistence.load_snapshot(network_path)
-        if snapshot.get('G_ema') is None:
+        snapshot = snapshot_io.read(network_path)
+        if (snapshot.get('modules') or {}).get('G_ema') is None:
             raise UserError(f'{network_path}: the snapshot holds no "G_ema" network')
-        G = snapshot['G_ema'].get('init_kwargs', {})
+        G = snapshot['modules']['G_ema'].get('init_kwargs', {})
     if data is not None:
-        kwargs = dnnlib.EasyDict(class_name=metric_utils.DEFAULT_DATASET_CLASS, path=data)
+        kwargs = image_folder_kwargs(data)
     elif snapshot.get('training_set_kwargs'):
         kwargs = dnnlib.EasyDict(copy.deepcopy(snapshot['training_set_kwargs']))
-        kwargs.setdefault('class_name', metric_utils.DEFAULT_DATASET_CLASS)
+        kwargs.setdefault('class_name', IMAGE_FOLDER_CLASS)
     else:
         return dnnlib.EasyDict()  # metrics that need reals fail in check_metric with a message
     if G is not None:

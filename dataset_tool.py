@@ -50,7 +50,7 @@ from tqdm import tqdm
 from dnnlib import util
 from dnnlib.util import UserError
 from training import builtin_dataset
-from training.dataset import DatasetWriter, ImageSource, image_extensions, image_to_array, is_grayscale_mode, \
+from training.image_files import DatasetWriter, ImageSource, image_extensions, image_to_array, is_grayscale_mode, \
     labels_to_array
 
 Size = tuple[int, int]  # (width, height)
@@ -67,7 +67,7 @@ class _Header:
 
 
 class _FileSource:
-    """Images of a folder or zip (via :class:`training.dataset.ImageSource`) in sorted order."""
+    """Images of a folder or zip (via :class:`training.image_files.ImageSource`) in sorted order."""
 
     def __init__(self, path: str, max_images: Optional[int]):
         self.src = ImageSource(path)

@@ -1,4 +1,4 @@
-"""Generate images from a trained degan snapshot (StyleGAN2-ADA's generate.py, CPU or GPU).
+"""Generate images from a trained degan snapshot of any backbone (StyleGAN2-ADA's generate.py, CPU or GPU).
 
 Examples:
 
@@ -21,9 +21,10 @@ import numpy as np
 import PIL.Image
 import torch
 
+from backbones.base import GeneratorFn
 from dnnlib import util
 from dnnlib.util import UserError
-from torch_utils import persistence
+from training import snapshot_io
 
 
 def pick_device(name: str) -> torch.device:
@@ -34,7 +35,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_label(G: torch.nn.Module, class_idx: Optional[int], device: torch.device) -> torch.Tensor:
+def make_label(G: GeneratorFn, class_idx: Optional[int], device: torch.device) -> torch.Tensor:
     """One-hot label for conditional networks; an empty label otherwise."""
     label = torch.zeros([1, G.c_dim], device=device)
     if G.c_dim == 0:
@@ -50,13 +51,12 @@ def make_label(G: torch.nn.Module, class_idx: Optional[int], device: torch.devic
 
 
 @torch.no_grad()
-def generate_images(G: torch.nn.Module, seeds: list[int], truncation_psi: float, noise_mode: str,
-                    label: torch.Tensor, device: torch.device) -> list[np.ndarray]:
-    """One HWC uint8 image per seed; z = RandomState(seed).randn(1, z_dim) as upstream."""
+def generate_images(G: GeneratorFn, seeds: list[int], label: torch.Tensor, device: torch.device) -> list[np.ndarray]:
+    """One HWC uint8 image per seed from the backbone's sampler; z = RandomState(seed).randn(1, z_dim) as upstream."""
     images = []
     for seed in seeds:
         z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).to(device)
-        img = G(z, label, truncation_psi=truncation_psi, noise_mode=noise_mode)
+        img = G(z, label)
         img = (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
         images.append(img[0].cpu().numpy())
     return images
@@ -100,10 +100,10 @@ def main(network_path: str, seeds: str, truncation_psi: float, class_idx: Option
         raise UserError('--seeds is empty')
     dev = pick_device(device)
     print(f'Loading networks from "{network_path}"...')
-    G = persistence.load_network(network_path, key='G_ema', device=dev)
+    G, _ = snapshot_io.load_generator(network_path, dev, noise_mode=noise_mode, truncation_psi=truncation_psi)
     label = make_label(G, class_idx, dev)
     os.makedirs(outdir, exist_ok=True)
-    images = generate_images(G, seed_list, truncation_psi, noise_mode, label, dev)
+    images = generate_images(G, seed_list, label, dev)
     if grid:
         columns = grid_cols or math.ceil(math.sqrt(len(images)))
         if columns < 1:

@@ -1,4 +1,4 @@
-"""Train a StyleGAN2 (with optional ADA / DiffAugment, ATop-k, CHAIN) — StyleGAN2-ADA's CLI.
+"""Train a GAN (``--backbone``, StyleGAN2 by default) with optional ADA / DiffAugment, ATop-k, CHAIN — StyleGAN2-ADA's CLI.
 
 Examples:
 
@@ -28,6 +28,7 @@ import torch
 import dnnlib
 from dnnlib.util import UserError
 from training import config
+from training.options import GroupedCommand, click_options
 
 
 def next_run_dir(outdir: str, desc: str) -> str:
@@ -98,81 +99,19 @@ def launch_training(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool
     return args.run_dir
 
 
-@click.command(context_settings=dict(max_content_width=110))
-# General options.
-@click.option('--outdir', help='Where to save the results', required=True, metavar='DIR')
-@click.option('--gpus', help='Number of processes (GPUs; CPU processes with --device=cpu) [default: 1]', type=int, default=1, metavar='INT')
-@click.option('--snap', help='Snapshot interval [default: 50 ticks]', type=int, default=50, metavar='INT')
-@click.option('--metrics', help='Comma-separated list or "none" [default: fid50k_full]', type=dnnlib.util.CommaSeparatedList())
-@click.option('--detector', help='TorchScript Inception for metrics instead of default_1.pt (IS needs one with logits)', metavar='PATH')
-@click.option('--vgg16', help="NVIDIA's TorchScript vgg16.pt, for pr50k3* metrics", metavar='PATH')
-@click.option('--ref-data', help='Reference dataset for *_test metrics (e.g. the CIFAR-10 test split)', metavar='PATH')
-@click.option('--seed', help='Random seed [default: 0]', type=int, default=0, metavar='INT')
-@click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
-# Dataset.
-@click.option('--data', help='Training data (directory, zip, or "builtin" / "builtin:RES")', metavar='PATH', required=True)
-@click.option('--cond', help='Train conditional model based on dataset labels [default: false]', type=bool, default=False, metavar='BOOL')
-@click.option('--subset', help='Train with only N images [default: all]', type=int, metavar='INT')
-@click.option('--mirror', help='Enable dataset x-flips [default: false]', type=bool, default=False, metavar='BOOL')
-# Base config.
-@click.option('--cfg', help='Base config [default: auto]', type=click.Choice(list(config.CFG_SPECS)), default='auto')
-@click.option('--gamma', help='Override R1 gamma', type=float)
-@click.option('--kimg', help='Override training duration (kimg; fractions allowed for short runs)', type=float, metavar='KIMG')
-@click.option('--batch', help='Override batch size', type=int, metavar='INT')
-# Discriminator augmentation.
-@click.option('--aug', help='Augmentation mode [default: ada]', type=click.Choice(['noaug', 'ada', 'fixed']))
-@click.option('--p', help='Augmentation probability for --aug=fixed', type=float)
-@click.option('--target', help='ADA target value for --aug=ada', type=float)
-@click.option('--augpipe', help='Augmentation pipeline [default: bgc]', type=click.Choice(list(config.AUGPIPE_NAMES)))
-@click.option('--diffaugment', help='DiffAugment policy instead of ADA, e.g. color,translation,cutout', metavar='POLICY')
-# Transfer learning / resume.
-@click.option('--resume', help='Resume from a degan snapshot (.pt): continues exactly', metavar='PATH')
-@click.option('--freezed', help='Freeze-D [default: 0 layers]', type=int, default=0, metavar='INT')
-# Performance options.
-@click.option('--fp32', help='Disable mixed-precision training', type=bool, default=False, metavar='BOOL')
-@click.option('--nhwc', help='Use NHWC memory format with FP16', type=bool, default=False, metavar='BOOL')
-@click.option('--nobench', help='Disable cuDNN benchmarking', type=bool, default=False, metavar='BOOL')
-@click.option('--allow-tf32', help='Allow PyTorch to use TF32 internally', type=bool, default=False, metavar='BOOL')
-@click.option('--workers', help='Override number of DataLoader workers (capped at cores - 1)', type=int, default=3, metavar='INT')
-@click.option('--device', help='cuda when present, else cpu [default: auto]', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto')
-@click.option('--ops', help='Custom ops: ref, cuda, or auto (cuda when built and self-checked)', type=click.Choice(['ref', 'cuda', 'auto']), default='auto')
-# StyleGAN3-style overrides.
-@click.option('--cbase', help='Capacity multiplier (channel_base)', type=int, metavar='INT')
-@click.option('--cmax', help='Max. feature maps', type=int, metavar='INT')
-@click.option('--map', help='Mapping network depth', type=int, metavar='INT')
-@click.option('--glr', help='G learning rate', type=float)
-@click.option('--dlr', help='D learning rate', type=float)
-@click.option('--mbstd-group', help='Minibatch std group size', type=int, metavar='INT')
-@click.option('--tick', help='How often to print progress [default: 4 kimg]', type=float, metavar='KIMG')
-@click.option('--grid', help='Snapshot image grid, columns x rows [default: upstream on GPU, 8x8 on CPU]', metavar='WxH')
-# ATop-k.
-@click.option('--atopk', help='Adaptive Top-k G updates [default: 0]', type=bool, default=False, metavar='BOOL')
-@click.option('--atopk-target', help='Overfitting target t [default: 0.6]', type=float, default=0.6)
-@click.option('--atopk-interval', help='p update interval, minibatches [default: 4]', type=int, default=4)
-@click.option('--atopk-kimg', help='kimg for p to move by 1 [default: 500]', type=float, default=500)
-@click.option('--atopk-k-interval', help='k update interval, iterations [default: 1]', type=int, default=1)
-@click.option('--atopk-p', help='p source: own tracker or ADA\'s p [default: own]', type=click.Choice(['own', 'ada']), default='own')
-@click.option('--topk-mode', help='Top-k schedule [default: adaptive]', type=click.Choice(['adaptive', 'fixed', 'linear', 'worst']))
-@click.option('--topk-k', help='k for --topk-mode=fixed|worst', type=int)
-@click.option('--topk-gamma', help='Linear Top-k decay per epoch [default: 0.99]', type=float, default=0.99)
-@click.option('--topk-nu', help='Linear Top-k minimum fraction [default: 0.75]', type=float, default=0.75)
-@click.option('--topk-round', help='Linear Top-k rounding of gamma^e*B and nu*B [default: ceil]', type=click.Choice(['ceil', 'floor']), default='ceil')
-@click.option('--atopk-clamp-p', help='Keep ATop-k\'s own p in [0, 1] (ADA clamps only below) [default: 0]', type=bool, default=False, metavar='BOOL')
-# CHAIN.
-@click.option('--chain', help='CHAIN normalisation in D [default: 0]', type=bool, default=False, metavar='BOOL')
-@click.option('--chain-type', help='chain (cumulative) or chain_batch [default: chain]', type=click.Choice(['chain', 'chain_batch']), default='chain')
-@click.option('--chain-res', help='D block resolutions with CHAIN [default: all >= 8]', type=dnnlib.util.IntList())
-@click.option('--chain-place', help='Where in a block: C1, C2, CS [default: C1C2CS]', default='C1C2CS')
-@click.option('--chain-tau', help='Target tau [default: 0.5]', type=float, default=0.5)
-@click.option('--chain-lambda', help='0MR weight lambda [default: 20]', type=float, default=20)
-@click.option('--chain-p0', help='0MR offset p0 [default: 0]', type=float, default=0)
-@click.option('--chain-dp', help='p step per iteration [default: 0.001]', type=float, default=0.001)
-@click.option('--chain-start', help='Iteration at which p starts adapting [default: 5000]', type=int, default=5000)
-def main(dry_run: bool, **kwargs: Any) -> None:
-    """Train a GAN using the techniques described in StyleGAN2-ADA, ATop-k and CHAIN."""
-    opts = config.TrainOptions(**kwargs)
+@click.command(cls=GroupedCommand, context_settings=dict(max_content_width=110))
+@click_options(config.option_groups())
+@click.pass_context
+def main(ctx: click.Context, **flags: Any) -> None:
+    """Train a GAN using the techniques described in StyleGAN2-ADA, ATop-k and CHAIN.
+
+    Flags come in groups: the common ones, one group per --backbone (only the selected
+    backbone's may be given) and one per method.
+    """
+    given = {name for name in flags if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    opts = config.TrainOptions.from_flags(flags, given=given)
     desc, args = config.build_training_args(opts)
-    launch_training(desc, args, opts.outdir, dry_run)
+    launch_training(desc, args, opts.common.outdir, opts.common.dry_run)
 
 
 if __name__ == '__main__':

@@ -14,7 +14,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dnnlib  # noqa: E402
-from training import config  # noqa: E402
 
 
 def pick_device(name: str = 'auto') -> torch.device:
@@ -78,9 +77,12 @@ def machine_line(device: torch.device) -> str:
 
 
 def network_kwargs(cfg: str, resolution: int, batch: int, fp32: bool = True, **overrides: Any) -> dnnlib.EasyDict:
-    """train.py's G/D/loss kwargs for ``cfg`` at ``resolution`` (no dataset needed)."""
-    opts = config.TrainOptions(cfg=cfg, batch=batch, fp32=fp32, **overrides)
-    args = dnnlib.EasyDict(num_gpus=1)
-    config._base_config(opts, args, resolution)
-    config._performance_config(opts, args)
-    return args
+    """The stylegan2 backbone's G/D/loss kwargs for ``cfg`` at ``resolution`` (no dataset needed).
+
+    ``overrides``: flags of the stylegan2 group (``cbase``, ``cmax``, ``map``, …).
+    """
+    from backbones.base import ConfigContext
+    from backbones.stylegan2 import BACKBONE
+    ctx = ConfigContext(options=BACKBONE.options(fp32=fp32, **overrides), cfg=cfg, gpus=1, resolution=resolution,
+                        kimg=None, batch=batch, glr=None, dlr=None, chain=None)
+    return BACKBONE.configure(ctx).kwargs

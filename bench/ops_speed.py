@@ -30,7 +30,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/common.py puts the repo root on the path
 
 import common  # noqa: E402
-from torch_utils.ops import cuda_backend  # noqa: E402
+from torch_utils.ops import cuda_kernels, cuda_selfcheck  # noqa: E402
+from torch_utils.ops.bias_act import reference_bias_act  # noqa: E402
+from torch_utils.ops.upfirdn2d import reference_upfirdn2d  # noqa: E402
 
 CHANNEL_BASE, CHANNEL_MAX = 16384, 512  # --cfg=auto below 512 px (stylegan2-ada.md §2)
 
@@ -82,13 +84,13 @@ def make_runner(op: str, kw: dict[str, Any], impl: str, device: torch.device, dt
     if op == 'upfirdn2d':
         f = fir4(device)
         up, down = (kw['up'],) * 2, (kw['down'],) * 2
-        fn = cuda_backend.upfirdn2d if impl == 'cuda' else cuda_backend.reference_upfirdn2d
+        fn = cuda_kernels.upfirdn2d if impl == 'cuda' else reference_upfirdn2d
 
         def forward() -> torch.Tensor:
             return fn(x, f, up=up, down=down, padding=kw['padding'], flip_filter=False, gain=kw['gain'])
     else:
         b = torch.randn([kw['shape'][1]], device=device, dtype=dtype, requires_grad=backward)
-        fn = cuda_backend.bias_act if impl == 'cuda' else cuda_backend.reference_bias_act
+        fn = cuda_kernels.bias_act if impl == 'cuda' else reference_bias_act
 
         def forward() -> torch.Tensor:
             return fn(x, b, dim=1, act=kw['act'], alpha=0.2, gain=math.sqrt(2), clamp=kw['clamp'])
@@ -193,9 +195,9 @@ def main(argv: Optional[list[str]] = None) -> None:
           + (f' ({torch.cuda.get_device_name(device)})' if on_cuda else ''))
     use_cuda = False
     if on_cuda:
-        ready = {op: cuda_backend.is_ready(op) for op in cuda_backend.OPS}
+        ready = {op: cuda_selfcheck.is_ready(op) for op in cuda_kernels.OPS}
         for op, ok in ready.items():
-            print(f'  {op}: {"CUDA kernel ready (built, self-check passed)" if ok else cuda_backend.why_not_ready(op)}')
+            print(f'  {op}: {"CUDA kernel ready (built, self-check passed)" if ok else cuda_selfcheck.why_not_ready(op)}')
         use_cuda = all(ready.values())
     else:
         print('CUDA is unavailable: reference timings only (no CUDA kernel can run here).')

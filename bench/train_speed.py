@@ -41,9 +41,9 @@ def run_case(queue: 'mp.Queue', name: str, iters: int, ticks: int, device: str) 
     cfg, res, batch, extra, _official = CASES[name]
     with tempfile.TemporaryDirectory() as tmp:
         kimg_per_tick = iters * batch / 1000
-        opts = config.TrainOptions(outdir=tmp, data=f'builtin:{res}', cfg=cfg, batch=batch, fp32=True, metrics=[],
-                                   workers=1, aug='ada', snap=10**6, tick=kimg_per_tick,
-                                   kimg=(1 + iters * ticks) * batch / 1000, device=device, **extra)
+        opts = config.TrainOptions.from_flags(dict(
+            outdir=tmp, data=f'builtin:{res}', cfg=cfg, batch=batch, fp32=True, metrics=[], workers=1, aug='ada',
+            snap=10**6, tick=kimg_per_tick, kimg=(1 + iters * ticks) * batch / 1000, device=device, **extra))
         _desc, args = config.build_training_args(opts)
         args.image_snapshot_ticks = args.network_snapshot_ticks = None
         args.grid_size = [1, 1]

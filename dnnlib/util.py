@@ -204,7 +204,17 @@ class Logger:
 
 #: Module prefixes from which classes/functions may be constructed by name. A snapshot or a
 #: config file can only ever name code that ships with degan; nothing else is imported.
-TRUSTED_MODULE_PREFIXES = ('training.', 'patches.', 'metrics.', 'torch_utils.', 'dnnlib.')
+#: ``torch.optim.`` lets a config name its optimiser class (``class_name='torch.optim.Adam'``).
+TRUSTED_MODULE_PREFIXES: tuple[str, ...] = ('training.', 'backbones.', 'patches.', 'metrics.', 'torch_utils.',
+                                            'dnnlib.', 'torch.optim.')
+
+
+def trust_module_prefix(package: str) -> None:
+    """Also allow classes of ``package`` (a registered out-of-tree backbone) to be named in configs."""
+    global TRUSTED_MODULE_PREFIXES
+    prefix = package.rstrip('.') + '.'
+    if not prefix.startswith(TRUSTED_MODULE_PREFIXES):
+        TRUSTED_MODULE_PREFIXES = TRUSTED_MODULE_PREFIXES + (prefix,)
 
 
 def get_obj_by_name(name: str) -> Any:

@@ -3,17 +3,24 @@ feature extraction for real images, generator samples and image folders (stylega
 
 Conventions (stylegan2-ada.md §6, methods.md §7):
 
-* Generated images come from ``G(z, c, **G_kwargs)`` with G's defaults (truncation 1, random
-  noise), ``z ~ N(0, I)``, labels drawn from the dataset, G in eval mode; they are quantised
+* Generated images come from ``G(z, c)`` (a :class:`Generator`: the backbone's sampler, which
+  for StyleGAN2 uses G's defaults, truncation 1 and random noise, in eval mode), ``z ~ N(0, I)``,
+  labels drawn from the dataset; they are quantised
   to uint8 as ``clamp(x · 127.5 + 128, 0, 255)`` before the detector and never re-encoded.
   Grayscale images are repeated to 3 channels.
 * Multi-process: item ``i`` of a set is handled by rank ``i mod W``; each batch is gathered
   from all ranks (``torch.distributed.all_gather``) and re-interleaved, so every rank holds the
   same features in the single-process order. Results are computed on rank 0.
+* Datasets are injected, never chosen here (upstream's protocol): every ``*dataset_kwargs``
+  names its class in ``class_name`` plus the constructor arguments, and :func:`open_dataset`
+  constructs it. The training loop passes its ``training_set_kwargs``; ``calc_metrics.py``
+  builds them for ``--data``, ``--ref-data`` and ``--gen-data``. :class:`MetricDataset` lists
+  what the metrics use of the object. ``metrics/`` imports nothing from ``training/`` and names
+  none of its classes; the dataset classes and their kwargs helpers live with the callers.
 * Real-image statistics are cached on disk under ``make_cache_dir_path('gan-metrics')``,
-  keyed by the dataset's *content* (names, sizes and a digest of every image file), the
-  dataset options (resolution, x-flip, subset), the detector file's SHA-1 and the statistics
-  options; written atomically as ``.npz`` (no pickle).
+  keyed by the dataset's ``content_digest()`` (its files' content, not its path), the other
+  dataset options (class, resolution, x-flip, subset), the detector file's SHA-1 and the
+  statistics options; written atomically as ``.npz`` (no pickle).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import hashlib
 import json
 import os
 import zipfile
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Protocol
 
 import numpy as np
 import torch
@@ -32,7 +39,6 @@ from dnnlib.util import UserError
 from metrics import detectors
 from torch_utils import distributed
 
-DEFAULT_DATASET_CLASS = 'training.dataset.ImageFolderDataset'
 CACHE_FORMAT = 'degan-feature-stats-v1'
 
 # ---------------------------------------------------------------------------------------------
@@ -42,14 +48,16 @@ CACHE_FORMAT = 'degan-feature-stats-v1'
 class MetricOptions:
     """Everything a metric function needs (upstream's ``MetricOptions`` plus degan's offline paths).
 
-    ``G`` or ``gen_dataset_kwargs`` (a folder/zip of generated images, ``dict(path=...)``) gives
-    the generated set; ``dataset_kwargs`` the training set; ``ref_dataset_kwargs`` a separate
-    reference set (``--ref-data``, e.g. a test split). ``detector_path`` replaces the default
-    Inception file; ``vgg16_path`` names NVIDIA's ``vgg16.pt``. ``seed`` fixes the latents and
-    labels of generated samples. ``progress``: a :class:`ProgressMonitor` or None.
+    ``G`` or ``gen_dataset_kwargs`` (generated images, e.g. a folder/zip given with ``--gen-data``)
+    gives the generated set; ``dataset_kwargs`` the training set; ``ref_dataset_kwargs`` a
+    separate reference set (``--ref-data``, e.g. a test split). Each ``*dataset_kwargs`` is
+    ``dict(class_name=..., path=..., **constructor_kwargs)`` naming a :class:`MetricDataset`.
+    ``detector_path`` replaces the default Inception file; ``vgg16_path`` names NVIDIA's
+    ``vgg16.pt``. ``seed`` fixes the latents and labels of generated samples. ``progress``: a
+    :class:`ProgressMonitor` or None.
     """
 
-    def __init__(self, G: Optional[torch.nn.Module] = None, G_kwargs: Optional[dict] = None,
+    def __init__(self, G: Optional['Generator'] = None,
                  dataset_kwargs: Optional[dict] = None, num_gpus: int = 1, rank: int = 0,
                  device: Optional[torch.device | str] = None, progress: Optional['ProgressMonitor'] = None,
                  cache: bool = True, detector_path: Optional[str] = None, vgg16_path: Optional[str] = None,
@@ -57,7 +65,6 @@ class MetricOptions:
                  batch_size: Optional[int] = None, seed: int = 0, num_workers: Optional[int] = None):
         assert 0 <= rank < num_gpus
         self.G = G
-        self.G_kwargs = dnnlib.EasyDict(G_kwargs or {})
         self.dataset_kwargs = dnnlib.EasyDict(dataset_kwargs or {})
         self.num_gpus = int(num_gpus)
         self.rank = int(rank)
@@ -236,38 +243,52 @@ class FeatureStats:
 
 
 # ---------------------------------------------------------------------------------------------
-# Dataset content digest (cache key).
-
-_digest_memo: dict[tuple, str] = {}
+# Datasets (injected by the caller) and the statistics-cache path.
 
 
-def dataset_content_digest(path: str) -> str:
-    """SHA-1 naming the *content* of a dataset folder or zip (or ``builtin[:RES]``).
+class MetricDataset(Protocol):
+    """What the metrics use of a dataset; the caller names its class in ``dataset_kwargs``.
 
-    Zip: the sorted (name, size, CRC-32) of every member from the central directory. Folder:
-    the sorted (name, size, SHA-1 of the bytes) of every visible file. Any changed, added,
-    removed or renamed file changes the digest. Memoised per process by path, sizes and mtimes.
+    Metrics construct datasets only through :func:`open_dataset`, from
+    ``dict(class_name='package.module.Class', path=..., **kwargs)`` (upstream's ``dataset_kwargs``);
+    they never pick or import a dataset class. An object that a metric reads must provide:
+
+    * ``len(ds)`` and ``ds[i] -> (image, label)``: ``image`` uint8 [C, H, W] with C ∈ {1, 3}
+      (generated sets may mix sizes; the detector resizes), ``label`` float32 [label_dim];
+      read in index order 0…N−1, split across ranks; may be read in DataLoader workers.
+    * ``has_labels``, ``label_dim``, ``get_label(i)``: the training set's labels, drawn for a
+      conditional G (``c_dim > 0``).
+    * ``content_digest() -> str``: names the *content* of the images and labels, independent of
+      the path (equal content → equal string, any change → another string). With the
+      ``dataset_kwargs`` other than ``path``/``name`` it keys the real-image statistics cache.
+
+    The training code's image-folder dataset (training set, ``--data``, ``--ref-data``) and its
+    generated-images dataset (``--gen-data``) implement it.
     """
-    from training.dataset import open_image_source
-    with open_image_source(path) as src:
-        real_path, names, kind = src.path, list(src.all_names), src.kind
-        if kind == 'zip':
-            with zipfile.ZipFile(real_path) as z:
-                entries = sorted((i.filename, i.file_size, i.CRC) for i in z.infolist() if not i.is_dir())
-            h = hashlib.sha1(json.dumps(entries).encode())
-            return 'zip-' + h.hexdigest()
-        stats = []
-        for name in names:
-            st = os.stat(os.path.join(real_path, name))
-            stats.append((name, st.st_size, st.st_mtime_ns))
-        memo_key = (os.path.abspath(real_path), tuple(stats))
-        if memo_key not in _digest_memo:
-            h = hashlib.sha1()
-            for name, size, _ in stats:
-                h.update(json.dumps([name, size]).encode())
-                h.update(hashlib.sha1(src.read_bytes(name)).digest())
-            _digest_memo[memo_key] = 'dir-' + h.hexdigest()
-        return _digest_memo[memo_key]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @property
+    def has_labels(self) -> bool: ...
+
+    @property
+    def label_dim(self) -> int: ...
+
+    def get_label(self, idx: int) -> np.ndarray: ...
+
+    def content_digest(self) -> str: ...
+
+
+def open_dataset(dataset_kwargs: dict) -> MetricDataset:
+    """Construct the :class:`MetricDataset` that ``dataset_kwargs['class_name']`` names."""
+    kwargs = dict(dataset_kwargs)
+    if not kwargs.get('path'):
+        raise UserError('no dataset given: pass --data=PATH (the training set) or --ref-data=PATH')
+    if not kwargs.get('class_name'):
+        raise ValueError(f'dataset_kwargs {kwargs} name no class_name: the caller must name the dataset class')
+    return dnnlib.util.construct_class_by_name(**kwargs)
 
 
 def stats_cache_path(detector: detectors.Detector, key: dict) -> str:
@@ -326,7 +347,7 @@ def _features_of_list(detector: detectors.Detector, images: list[torch.Tensor], 
     return torch.cat([run_detector(detector, batch, probs) for batch in _stack_groups(images)])
 
 
-def _loader(dataset: torch.utils.data.Dataset, indices: list[int], opts: MetricOptions) -> torch.utils.data.DataLoader:
+def _loader(dataset: MetricDataset, indices: list[int], opts: MetricOptions) -> torch.utils.data.DataLoader:
     kwargs: dict[str, Any] = dict(num_workers=opts.num_workers)
     if opts.num_workers > 0:
         kwargs['prefetch_factor'] = 2
@@ -334,7 +355,7 @@ def _loader(dataset: torch.utils.data.Dataset, indices: list[int], opts: MetricO
                                        collate_fn=_collate_list, **kwargs)
 
 
-def _extract_from_dataset(dataset: torch.utils.data.Dataset, num_items: int, detector: detectors.Detector,
+def _extract_from_dataset(dataset: MetricDataset, num_items: int, detector: detectors.Detector,
                           stats: FeatureStats, opts: MetricOptions, tag: str, probs: bool = False) -> FeatureStats:
     """Run the detector over items 0…num_items−1 of ``dataset`` (split across ranks)."""
     indices = rank_subset(num_items, opts.num_gpus, opts.rank)
@@ -354,21 +375,6 @@ def _extract_from_dataset(dataset: torch.utils.data.Dataset, num_items: int, det
 # Real images (cached).
 
 
-def reference_dataset_kwargs(path: Optional[str]) -> Optional[dnnlib.EasyDict]:
-    """Dataset options of ``--ref-data`` (whole set, no mirroring), or None when it is not given."""
-    if path is None:
-        return None
-    return dnnlib.EasyDict(class_name=DEFAULT_DATASET_CLASS, path=path, max_size=None, xflip=False)
-
-
-def open_dataset(dataset_kwargs: dict) -> torch.utils.data.Dataset:
-    kwargs = dict(dataset_kwargs)
-    kwargs.setdefault('class_name', DEFAULT_DATASET_CLASS)
-    if not kwargs.get('path'):
-        raise UserError('no dataset given: pass --data=PATH (the training set) or --ref-data=PATH')
-    return dnnlib.util.construct_class_by_name(**kwargs)
-
-
 def compute_feature_stats_for_dataset(opts: MetricOptions, detector: detectors.Detector, *,
                                       dataset_kwargs: Optional[dict] = None, capture_all: bool = False,
                                       capture_mean_cov: bool = False, max_items: Optional[int] = None,
@@ -382,7 +388,7 @@ def compute_feature_stats_for_dataset(opts: MetricOptions, detector: detectors.D
     cache_file = None
     if opts.cache:
         key_kwargs = {k: v for k, v in dataset_kwargs.items() if k not in ('path', 'name')}
-        key = dict(format=CACHE_FORMAT, content=dataset_content_digest(dataset_kwargs['path']),
+        key = dict(format=CACHE_FORMAT, content=dataset.content_digest(),
                    dataset_kwargs=key_kwargs, detector=detector.identity, probs=probs,
                    capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=max_items)
         cache_file = stats_cache_path(detector, key)
@@ -404,34 +410,18 @@ def compute_feature_stats_for_dataset(opts: MetricOptions, detector: detectors.D
 
 
 # ---------------------------------------------------------------------------------------------
-# Generated images: from G or from a folder of images.
-
-
-class ImageFilesDataset(torch.utils.data.Dataset):
-    """The images of a folder or zip in sorted order, as (uint8 [C, H, W], None); any size."""
-
-    def __init__(self, path: str):
-        from training.dataset import open_image_source
-        self.source = open_image_source(path)
-        self.names = list(self.source.image_names)
-        if not self.names:
-            raise UserError(f'--gen-data={path}: no image files found')
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, idx: int) -> tuple[np.ndarray, None]:
-        return self.source.load_image(self.names[idx]).transpose(2, 0, 1).copy(), None
+# Generated images: from G or from an injected dataset of images.
 
 
 def compute_feature_stats_for_generator(opts: MetricOptions, detector: detectors.Detector, *,
                                         capture_all: bool = False, capture_mean_cov: bool = False,
                                         max_items: int, probs: bool = False, batch_gen: Optional[int] = None
                                         ) -> FeatureStats:
-    """Features of ``max_items`` generated images: from ``opts.G``, or the first ``max_items`` of
-    ``opts.gen_dataset_kwargs['path']`` (all of them if fewer). ``opts.info['num_gen']`` records the count."""
+    """Features of ``max_items`` generated images: from ``opts.G``, or the first ``max_items`` items of
+    the dataset ``opts.gen_dataset_kwargs`` names (all of them if fewer). ``opts.info['num_gen']``
+    records the count."""
     if opts.gen_dataset_kwargs is not None:
-        dataset = ImageFilesDataset(opts.gen_dataset_kwargs['path'])
+        dataset = open_dataset(opts.gen_dataset_kwargs)
         num_items = min(len(dataset), max_items)
         stats = FeatureStats(capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=num_items)
         _extract_from_dataset(dataset, num_items, detector, stats, opts, tag='generated-image features', probs=probs)
@@ -461,11 +451,24 @@ def capture_all_features(opts: MetricOptions, detector: detectors.Detector, max_
     return real, gen
 
 
+class Generator(Protocol):
+    """What the metrics sample: ``G(z [N, z_dim], c [N, c_dim]) -> [N, C, H, W]`` float in [−1, 1].
+
+    A backbone's sampler (``backbones.base.GeneratorFn``, which decides noise, truncation and
+    eval/train modes) or a plain generator module called with its defaults (put in eval mode
+    while sampling, like upstream).
+    """
+    z_dim: int
+    c_dim: int
+
+    def __call__(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor: ...
+
+
 class GeneratorSampler:
-    """Draws uint8 images from ``opts.G`` with seeded latents/labels (seed, rank) in eval mode."""
+    """Draws uint8 images from ``opts.G`` with seeded latents/labels (seed, rank)."""
 
     def __init__(self, opts: MetricOptions):
-        self.G = opts.G
+        self.G: Generator = opts.G
         self.opts = opts
         self.device = opts.device
         seed = (opts.seed * 1_000_003 + opts.rank) % (2 ** 63)
@@ -482,8 +485,10 @@ class GeneratorSampler:
     def sample(self, batch_size: int, batch_gen: Optional[int] = None) -> torch.Tensor:
         batch_gen = batch_gen or min(batch_size, 4 if self.device.type == 'cuda' else batch_size)
         G = self.G
-        was_training = G.training
-        G.eval()
+        module = G if isinstance(G, torch.nn.Module) else None
+        was_training = module.training if module is not None else False
+        if module is not None:
+            module.eval()
         try:
             out = []
             with torch.inference_mode():
@@ -491,9 +496,10 @@ class GeneratorSampler:
                     n = min(batch_gen, batch_size - start)
                     z = torch.randn([n, G.z_dim], generator=self.torch_gen, device=self.device)
                     c = self._labels(n)
-                    out.append(quantize_generated(G(z, c, **self.opts.G_kwargs)))
+                    out.append(quantize_generated(G(z, c)))
         finally:
-            G.train(was_training)
+            if module is not None:
+                module.train(was_training)
         return torch.cat(out)
 
     def _labels(self, n: int) -> torch.Tensor:

@@ -59,6 +59,7 @@ Decisions where the paper and the official code are silent: patches/README.md.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from typing import Iterator, Optional
 
@@ -113,6 +114,8 @@ class ChainContext(torch.nn.Module):
         self._terms_r1: bool = False
         self._p_key: Optional[tuple[int, int, str]] = None
         self._p_value: float = 0.0
+        #: CHAIN layer calls per pass label (a training loop checks that its D really ran them).
+        self.layer_calls: collections.Counter[str] = collections.Counter()
 
     # ------------------------------------------------------------------ p as a Python float
 
@@ -188,14 +191,22 @@ class ChainContext(torch.nn.Module):
         """p controller (§9.6 step 3, C2): call once per iteration after Dmain; returns p.
 
         For ``iteration >= start_iter``: a ← d·a + (1−d)·mean(sign(l_real)) with the mean taken
-        over all elements of all ranks (all-reduced sum and count), then
+        over all (non-NaN) elements of all ranks (all-reduced sum and count), then
         p ← clip(p + Δp·sign(a − τ), 0, 1). Every rank must call it (collective).
         """
-        if real_logits is None or iteration < self.start_iter:
-            return self.p_value
+        if real_logits is None:
+            return self.update_p_from_moments(None, iteration)
         logits = real_logits.detach()
-        stat = torch.stack([logits.sign().sum(dtype=torch.float64),
-                            torch.tensor(float(logits.numel()), dtype=torch.float64, device=logits.device)])
+        valid = ~torch.isnan(logits)
+        moments = torch.stack([valid.sum(dtype=torch.float64), torch.where(valid, logits.sign(), 0).sum(dtype=torch.float64)])
+        return self.update_p_from_moments(moments, iteration)
+
+    def update_p_from_moments(self, moments: Optional[torch.Tensor], iteration: int) -> float:
+        """``update_p`` from this rank's float64 [count, Σ sign] of the iteration's Dmain real logits
+        (what ``patches.overfit.RealSignCollector`` gathers); collective like ``update_p``."""
+        if moments is None or iteration < self.start_iter:
+            return self.p_value
+        stat = moments.detach().to(torch.float64).flip(0)  # [Σ sign, count]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(stat, op=dist.ReduceOp.SUM)
         sign_sum, count, a_old, p_old = torch.cat([stat, torch.stack([self.ema_sign, self.p]).to(stat.device)]).tolist()
@@ -355,6 +366,8 @@ class Chain(torch.nn.Module):
         if y.ndim != 4 or y.shape[1] != self.num_features:
             raise ValueError(f'Chain: expected [B, {self.num_features}, H, W], got {list(y.shape)}')
         ctx = self._context
+        if ctx.label is not None:
+            ctx.layer_calls[ctx.label] += 1
         y32 = y.to(torch.promote_types(y.dtype, torch.float32))
         p = ctx.p_value
         if p == 0 or not (self.training and ctx.label is not None):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ['OverfitTracker']
+__all__ = ['OverfitTracker', 'RealSignCollector', 'sign_moments']
 
 
 def _distributed_world() -> int:
@@ -33,6 +33,43 @@ def _distributed_world() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return 1
+
+
+def sign_moments(real_logits: torch.Tensor) -> torch.Tensor:
+    """float64 [count, Σ sign(l)] over every element of ``real_logits`` (NaNs ignored; sign(0) = 0).
+
+    The statistic of ATop-k Eq. 10 / ADA §3.1 / CHAIN's p controller is Σ sign / count.
+    """
+    logits = real_logits.detach().to(torch.float64)
+    valid = ~torch.isnan(logits)  # checked on the logits: torch.sign(NaN) is 0 on some devices
+    signs = torch.sign(logits)
+    return torch.stack([valid.sum(dtype=torch.float64), torch.where(valid, signs, 0).sum()])
+
+
+class RealSignCollector:
+    """The one collector of E[sign(D(x_real))] of a training loop, one iteration at a time.
+
+    Every real-image D forward is added (``accumulate``); ``take()`` returns the iteration's
+    moments — over all real passes (``all``: main and R1-only passes, what ADA's and ATop-k's
+    trackers read) and over the main (D loss) passes only (``main``: what CHAIN's p reads) — and
+    starts the next iteration. The moments stay on the logits' device (no synchronisation).
+    """
+
+    def __init__(self) -> None:
+        self._all: Optional[torch.Tensor] = None
+        self._main: Optional[torch.Tensor] = None
+
+    def accumulate(self, real_logits: torch.Tensor, main: bool = True) -> None:
+        moments = sign_moments(real_logits)
+        self._all = moments if self._all is None else self._all + moments
+        if main:
+            self._main = moments if self._main is None else self._main + moments
+
+    def take(self) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(all, main) moments of the iteration so far (None where nothing was seen); resets."""
+        taken = (self._all, self._main)
+        self._all = self._main = None
+        return taken
 
 
 class OverfitTracker:
@@ -117,10 +154,10 @@ class OverfitTracker:
 
         Call it for every real-image D forward (main and R1 passes, as ADA's collector does).
         """
-        logits = real_logits.detach().to(torch.float64)
-        valid = ~torch.isnan(logits)  # checked on the logits: torch.sign(NaN) is 0 on some devices
-        signs = torch.sign(logits)
-        moments = torch.stack([valid.sum(dtype=torch.float64), torch.where(valid, signs, 0).sum()])
+        self.add_moments(sign_moments(real_logits))
+
+    def add_moments(self, moments: torch.Tensor) -> None:
+        """Add [count, Σ sign] (``sign_moments``, e.g. one iteration's from a ``RealSignCollector``)."""
         self._device = moments.device  # the window follows the logits (no host round trip)
         if self._window is None:
             self._window = moments

@@ -18,6 +18,8 @@ from dnnlib import util
 from metrics import frechet_inception_distance, metric_utils
 from torch_utils import persistence
 from training import networks
+from training.dataset import IMAGE_FILES_CLASS, IMAGE_FOLDER_CLASS, ImageFilesDataset, image_files_kwargs, \
+    image_folder_kwargs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -138,12 +140,13 @@ def test_gen_data_uses_all_images_up_to_the_count(env):
     det = detectors.load_detector(env.plain)
 
     def feats(folder):
-        src = metric_utils.ImageFilesDataset(folder)
+        src = ImageFilesDataset(folder)
         return det.features(torch.stack([torch.as_tensor(src[i][0]) for i in range(len(src))])).double().numpy()
     fr, fg = feats(env.data), feats(gen)
     expected = frechet_inception_distance.frechet_distance(fr.mean(0), np.cov(fr, rowvar=False, ddof=0),
                                                            fg.mean(0), np.cov(fg, rowvar=False, ddof=0))
-    opts = dict(gen_dataset_kwargs=dict(path=gen), dataset_kwargs=dict(path=env.data), detector_path=env.plain)
+    opts = dict(gen_dataset_kwargs=image_files_kwargs(gen), dataset_kwargs=image_folder_kwargs(env.data),
+                detector_path=env.plain)
     from metrics import metric_main
     result = metric_main.calc_metric('fid5k_full', **opts)
     assert result.num_gen == 9 and result.num_real == 12 and result.gen_data == gen
@@ -153,11 +156,11 @@ def test_gen_data_uses_all_images_up_to_the_count(env):
 def test_is10k_with_stub_classifier_on_gen_data(env, tmp_path):
     gen = _write_images(tmp_path / 'gen_gray', 20, 8, seed=2, gray=True)
     from metrics import metric_main
-    result = metric_main.calc_metric('is10k', gen_dataset_kwargs=dict(path=gen), detector_path=env.nv)
+    result = metric_main.calc_metric('is10k', gen_dataset_kwargs=image_files_kwargs(gen), detector_path=env.nv)
     assert result.num_gen == 20
     # By hand: softmax of the stub's bias-free logits, 10 splits of 2 images.
     module = torch.jit.load(env.nv)
-    src = metric_utils.ImageFilesDataset(gen)
+    src = ImageFilesDataset(gen)
     imgs = torch.stack([torch.as_tensor(src[i][0]) for i in range(20)]).repeat(1, 3, 1, 1)
     with torch.no_grad():
         x = imgs.float() / 255
@@ -189,6 +192,36 @@ def test_one_line_errors(env, capsys, argv, match):
     assert err.startswith('error: ') and match in err and '\n' not in err
 
 
+def _build_args(**flags):
+    args = dict(metrics=['fid5k_full'], network_path=None, gen_data=None, data=None, mirror=None, gpus=1,
+                verbose=False, detector=None, vgg16=None, ref_data=None, seed=0, batch=None, device='cpu',
+                ops='ref', cache=True)
+    args.update(flags)
+    return calc_metrics.build_args(**args)
+
+
+def test_dataset_kwargs_name_their_class(env, tmp_path):
+    """Metrics have no default dataset class: every flag's kwargs name one (old snapshots' too)."""
+    args = _build_args(metrics=['fid5k_full', 'fid10k_test'], gen_data=env.data, data=env.data, mirror=True,
+                       ref_data=env.data, detector=env.nv)
+    assert dict(args.dataset_kwargs) == dict(class_name=IMAGE_FOLDER_CLASS, path=env.data, xflip=True)
+    assert dict(args.ref_dataset_kwargs) == dict(class_name=IMAGE_FOLDER_CLASS, path=env.data, max_size=None,
+                                                 xflip=False)
+    assert dict(args.gen_dataset_kwargs) == dict(class_name=IMAGE_FILES_CLASS, path=env.data)
+
+    # From the snapshot: its training_set_kwargs as stored, resolution/labels from G.
+    args = _build_args(network_path=env.snap, detector=env.nv)
+    assert dict(args.dataset_kwargs) == dict(class_name=IMAGE_FOLDER_CLASS, path=env.data, resolution=16,
+                                             use_labels=False, xflip=True, max_size=12)
+    assert args.gen_dataset_kwargs is None and args.ref_dataset_kwargs is None
+    # A snapshot whose training_set_kwargs lack class_name gets the image-folder class.
+    snapshot = persistence.load_snapshot(env.snap)
+    del snapshot['training_set_kwargs']['class_name']
+    persistence.save_snapshot(snapshot, str(tmp_path / 'old.pt'))
+    args = _build_args(network_path=str(tmp_path / 'old.pt'), detector=env.nv)
+    assert args.dataset_kwargs.class_name == IMAGE_FOLDER_CLASS and args.dataset_kwargs.path == env.data
+
+
 def test_gen_data_without_reals_is_an_error(env, capsys):
     with pytest.raises(SystemExit):
         _run(['--metrics=fid5k_full', f'--gen-data={env.data}', f'--detector={env.nv}'])
@@ -214,7 +247,7 @@ def test_two_cpu_processes_match_one(env, tmp_path):
 
 def test_training_metric_runner_writes_jsonl_and_best(env):
     """What train.py --metrics=fid5k_full does at each snapshot: a jsonl line and best.json."""
-    from training.training_loop import MetricRunner
+    from training.reporting import MetricRunner
     snapshot = persistence.load_snapshot(env.snap)
     G = persistence.module_from_record(snapshot['G_ema'])
     runner = MetricRunner(['fid5k_full'], dict(detector_path=env.nv), snapshot['training_set_kwargs'], 1, 0,

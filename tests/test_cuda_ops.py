@@ -10,7 +10,7 @@ What runs where:
   checked against independent float64 formulas (the spec's upsample -> pad -> FIR -> downsample
   steps, and autograd derivatives of the activations);
 - every machine with g++ and PyTorch headers: the binding compiles; with nvcc too, it links
-  with the kernels into an importable extension whose signature matches cuda_backend.py;
+  with the kernels into an importable extension whose signature matches what cuda_kernels.py calls;
 - every machine: the autograd Functions, the self-check and the fallback run on CPU tensors
   through fake plugins (a Python mirror of the kernel formulas, and the emulated kernels);
 - a CUDA machine (``@pytest.mark.gpu``): the real kernels against the reference over a grid.
@@ -23,6 +23,7 @@ import dataclasses
 import glob
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,9 +36,14 @@ import pytest
 import torch
 
 from torch_utils import custom_ops
-from torch_utils.ops import cuda_backend as cb
+from torch_utils.ops import cuda_kernels as ck
+from torch_utils.ops import cuda_plugin as cp
+from torch_utils.ops import cuda_selfcheck as cs
+from torch_utils.ops.activations import activation_funcs
+from torch_utils.ops.bias_act import reference_bias_act
+from torch_utils.ops.upfirdn2d import reference_upfirdn2d
 
-OPS_DIR = cb.OPS_DIR
+OPS_DIR = cp.OPS_DIR
 CU_FILES = sorted(glob.glob(os.path.join(OPS_DIR, '*.cu')))
 BINDING = os.path.join(OPS_DIR, 'ops_binding.cpp')
 # nvcc defines PyTorch adds to every extension build (the half/bf16 operator guards).
@@ -193,7 +199,8 @@ def test_binding_compiles_with_torch_headers(builds: dict[str, Any]) -> None:
 @needs_cxx_torch
 def test_binding_links_and_matches_backend_signature(builds: dict[str, Any]) -> None:
     """The binding + kernels link into an importable extension (CPU PyTorch is enough to import it);
-    its ABI version and keyword names are what cuda_backend.py passes, and CPU tensors are refused."""
+    its ABI version is cuda_plugin.py's, its keyword names are what cuda_kernels.py passes, and CPU
+    tensors are refused."""
     _skip_if_nvcc_broken(builds)
     if builds['binding'].returncode != 0 or any(builds['cu:' + os.path.basename(c)].returncode for c in CU_FILES):
         pytest.skip('a compile step failed (reported by the compile tests)')
@@ -219,7 +226,7 @@ def test_binding_links_and_matches_backend_signature(builds: dict[str, Any]) -> 
     res = _run([sys.executable, '-c', code])
     assert res.returncode == 0, res.stdout + res.stderr
     lines = res.stdout.splitlines()
-    assert int(lines[0]) == cb.ABI_VERSION
+    assert int(lines[0]) == cp.ABI_VERSION
     assert lines[1].startswith('upfirdn2d(x: torch.Tensor, f: torch.Tensor, upx:')
     for name in ('upy', 'downx', 'downy', 'padx0', 'padx1', 'pady0', 'pady1', 'flip', 'gain', 'stream'):
         assert f'{name}:' in lines[1]
@@ -440,7 +447,7 @@ def test_emulated_upfirdn2d_limits(emu: Emulator) -> None:
     assert 0 < worst <= 48 * 1024
 
 
-ACT_NAMES = list(cb.ACTIVATIONS)
+ACT_NAMES = list(activation_funcs)
 
 
 def _act_f64(act: str, s: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -479,9 +486,9 @@ def _act_derivs_f64(act: str, s: torch.Tensor, alpha: float) -> tuple[torch.Tens
 def test_emulated_bias_act_matches_float64_derivatives(emu: Emulator, act: str) -> None:
     """Kernel modes 0/1/2 (value, gain*f', gain*f'' with the strict clamp mask) vs autograd of
     the textbook activation in float64, for several gains/clamps and a channels_last layout."""
-    spec = cb.ACTIVATIONS[act]
-    gen = torch.Generator().manual_seed(spec.code)
-    for gain, clamp, layout in [(spec.def_gain, -1.0, 'nchw'), (1.7, 0.6, 'nchw'), (0.8, 1.2, 'cl')]:
+    code, def_gain = ck.ACT_CODES[act], activation_funcs[act].def_gain
+    gen = torch.Generator().manual_seed(code)
+    for gain, clamp, layout in [(def_gain, -1.0, 'nchw'), (1.7, 0.6, 'nchw'), (0.8, 1.2, 'cl')]:
         x = torch.randn(2, 5, 3, 4, generator=gen) * 2
         if layout == 'cl':
             x = x.contiguous(memory_format=torch.channels_last)
@@ -489,7 +496,7 @@ def test_emulated_bias_act_matches_float64_derivatives(emu: Emulator, act: str) 
         alpha = 0.3 if act == 'lrelu' else 0.0
         s = x.double() + b.double().view(1, -1, 1, 1)
         f, d1, d2 = _act_derivs_f64(act, s, alpha)
-        y = emu.bias_act(x, b, None, None, None, 0, spec.code, alpha, gain, clamp, 1)
+        y = emu.bias_act(x, b, None, None, None, 0, code, alpha, gain, clamp, 1)
         want_y = f * gain
         if clamp >= 0:
             want_y = want_y.clamp(-clamp, clamp)
@@ -498,10 +505,10 @@ def test_emulated_bias_act_matches_float64_derivatives(emu: Emulator, act: str) 
         mask = (y.double().abs() < clamp) if clamp >= 0 else torch.ones_like(s, dtype=torch.bool)
         g = torch.randn(x.shape, generator=gen)
         dy = torch.randn(x.shape, generator=gen)
-        dx = emu.bias_act(g, b, x, y, None, 1, spec.code, alpha, gain, clamp, 1)
+        dx = emu.bias_act(g, b, x, y, None, 1, code, alpha, gain, clamp, 1)
         want_dx = torch.where(mask, g.double() * gain * d1, torch.zeros_like(s))
         assert (dx.double() - want_dx).abs().max().item() <= 1e-5 * max(want_dx.abs().max().item(), 1e-3), 'mode 1'
-        d2x = emu.bias_act(g, b, x, y, dy, 2, spec.code, alpha, gain, clamp, 1)
+        d2x = emu.bias_act(g, b, x, y, dy, 2, code, alpha, gain, clamp, 1)
         want_d2 = torch.where(mask, g.double() * dy.double() * gain * d2, torch.zeros_like(s))
         assert (d2x.double() - want_d2).abs().max().item() <= 1e-5 * max(want_d2.abs().max().item(), 1e-3), 'mode 2'
 
@@ -510,19 +517,19 @@ def test_emulated_bias_act_numerics(emu: Emulator) -> None:
     """§2 CUDA numerics: softplus is exact up to the linear switch at 80; fp16 is computed in
     fp32 and rounded once; the bias follows axis `dim` in any dense layout; NaN propagates."""
     s = torch.tensor([-100.0, -20.0, 0.0, 19.0, 25.0, 79.0, 81.0, 200.0])
-    y = emu.bias_act(s, None, None, None, None, 0, cb.ACTIVATIONS['softplus'].code, 0.0, 1.0, -1.0, 0)
+    y = emu.bias_act(s, None, None, None, None, 0, ck.ACT_CODES['softplus'], 0.0, 1.0, -1.0, 0)
     exact = torch.nn.functional.softplus(s.double(), threshold=1000)
     torch.testing.assert_close(y.double(), exact, rtol=1e-6, atol=1e-30)
     gen = torch.Generator().manual_seed(5)
     x = (torch.randn(4, 3, 5, generator=gen) * 3).half()
     b = torch.randn(3, generator=gen).half()
-    y = emu.bias_act(x, b, None, None, None, 0, cb.ACTIVATIONS['tanh'].code, 0.0, 2.0, -1.0, 1)
+    y = emu.bias_act(x, b, None, None, None, 0, ck.ACT_CODES['tanh'], 0.0, 2.0, -1.0, 1)
     want = (torch.tanh(x.double() + b.double().view(1, 3, 1)) * 2.0).half()
     assert (y != want).float().mean().item() < 0.03
     assert ((y.double() - want.double()).abs() <= want.double().abs() * 2 ** -10 + 1e-7).all()
     x2 = torch.randn(6, 4, generator=gen).t()  # non-contiguous, bias along dim 0 (size 4)
     b2 = torch.randn(4, generator=gen)
-    y2 = emu.bias_act(x2, b2, None, None, None, 0, cb.ACTIVATIONS['linear'].code, 0.0, 1.0, -1.0, 0)
+    y2 = emu.bias_act(x2, b2, None, None, None, 0, ck.ACT_CODES['linear'], 0.0, 1.0, -1.0, 0)
     torch.testing.assert_close(y2, x2 + b2.view(4, 1), rtol=0, atol=1e-6)
     nan = emu.bias_act(torch.tensor([float('nan'), -1.0]), None, None, None, None, 0, 1, 0.0, 1.0, 0.5, 0)
     assert math.isnan(nan[0].item()) and nan[1].item() == 0.0
@@ -539,7 +546,7 @@ class MirrorPlugin:
     """A Python stand-in for the compiled plugin: upfirdn2d forwards to the reference (so only the
     autograd wiring around it is under test), bias_act re-states the kernel's formulas (§2 table,
     derivatives from x or y) in torch; computes in float64 for float64 input, else float32."""
-    abi_version = cb.ABI_VERSION
+    abi_version = cp.ABI_VERSION
     SELU_LA = 1.0507009873554804934193349852946 * 1.6732632423543772848170429916717
 
     def __init__(self) -> None:
@@ -549,14 +556,14 @@ class MirrorPlugin:
                   padx1: int, pady0: int, pady1: int, flip: bool, gain: float, stream: int) -> torch.Tensor:
         self.calls.append('upfirdn2d')
         with torch.no_grad():
-            return cb.reference_upfirdn2d(x, f.to(x.dtype) if x.dtype == torch.float64 else f, (upx, upy),
-                                          (downx, downy), (padx0, padx1, pady0, pady1), flip, gain)
+            return reference_upfirdn2d(x, f.to(x.dtype) if x.dtype == torch.float64 else f, (upx, upy),
+                                       (downx, downy), (padx0, padx1, pady0, pady1), flip, gain)
 
     def bias_act(self, x: torch.Tensor, b: Optional[torch.Tensor], xref: Optional[torch.Tensor],
                  yref: Optional[torch.Tensor], dy: Optional[torch.Tensor], mode: int, act: int, alpha: float,
                  gain: float, clamp: float, dim: int, stream: int) -> torch.Tensor:
         self.calls.append(f'bias_act{mode}')
-        name = [k for k, v in cb.ACTIVATIONS.items() if v.code == act][0]
+        name = [k for k, v in ck.ACT_CODES.items() if v == act][0]
         ct = torch.float64 if x.dtype == torch.float64 else torch.float32
         with torch.no_grad():
             bias = 0 if b is None else _bias_view(b.to(ct), x, dim)
@@ -601,7 +608,7 @@ class MirrorPlugin:
 class EmulatedPlugin:
     """The compiled kernels' CPU emulation behind the plugin interface (the binding's logic
     re-stated in Python around it)."""
-    abi_version = cb.ABI_VERSION
+    abi_version = cp.ABI_VERSION
 
     def __init__(self, emu: Emulator):
         self.emu = emu
@@ -620,47 +627,47 @@ class EmulatedPlugin:
 @pytest.fixture
 def cpu_kernels(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Point the backend at CPU tensors and let the test choose the plugin via the returned setter."""
-    cb.reset()
-    monkeypatch.setattr(cb, '_KERNEL_DEVICE_TYPE', 'cpu')
-    monkeypatch.setattr(cb, '_cuda_available', lambda: True)
-    monkeypatch.setattr(cb, '_check_device', lambda: torch.device('cpu'))
+    cs.reset()
+    monkeypatch.setattr(ck, '_KERNEL_DEVICE_TYPE', 'cpu')
+    monkeypatch.setattr(cs, '_cuda_available', lambda: True)
+    monkeypatch.setattr(cs, '_check_device', lambda: torch.device('cpu'))
 
     def use(plugin: Any) -> Any:
         def load() -> Any:
             if isinstance(plugin, BaseException):
                 raise plugin
             return plugin
-        monkeypatch.setattr(cb, '_load_plugin', load)
-        cb.reset()
+        monkeypatch.setattr(cp, '_load_plugin', load)
+        cs.reset()
         return plugin
     yield use
-    cb.reset()
+    cs.reset()
 
 
 def _ready_quietly(op: str) -> tuple[bool, list[warnings.WarningMessage]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        ready = cb.is_ready(op)
+        ready = cs.is_ready(op)
     return ready, [w for w in caught if issubclass(w.category, RuntimeWarning)]
 
 
-@pytest.mark.parametrize('op', cb.OPS)
+@pytest.mark.parametrize('op', ck.OPS)
 def test_self_check_passes_for_mirror_plugin(cpu_kernels: Any, op: str) -> None:
     """With a correct plugin the self-check (forward, gradients, second order vs the reference
     autograd) passes, so the gradient wiring (upfirdn2d's transposed padding, bias_act's
     'gradient from y' formulas and second-order Function) is right."""
     plugin = cpu_kernels(MirrorPlugin())
     ready, caught = _ready_quietly(op)
-    assert cb.why_not_ready(op) == '' and ready and not caught
+    assert cs.why_not_ready(op) == '' and ready and not caught
     assert any(c.startswith(op) for c in plugin.calls)
-    assert cb.stats[f'{op}.kernel'] > 0 and cb.stats[f'{op}.fallback'] == 0
+    assert ck.stats[f'{op}.kernel'] > 0 and ck.stats[f'{op}.fallback'] == 0
 
 
-@pytest.mark.parametrize('op', cb.OPS)
+@pytest.mark.parametrize('op', ck.OPS)
 def test_self_check_passes_for_emulated_kernels(cpu_kernels: Any, emu: Emulator, op: str) -> None:
     """The actual kernel code (host-emulated) passes the same self-check the GPU runs (fp32 and fp16)."""
     cpu_kernels(EmulatedPlugin(emu))
-    assert cb.run_self_check(op, torch.device('cpu'), dtypes=(torch.float32, torch.float16)) == ''
+    assert cs.run_self_check(op, torch.device('cpu'), dtypes=(torch.float32, torch.float16)) == ''
 
 
 def test_gradcheck_through_mirror_plugin(cpu_kernels: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -668,35 +675,35 @@ def test_gradcheck_through_mirror_plugin(cpu_kernels: Any, monkeypatch: pytest.M
     reference: upfirdn2d with mixed factors and a separable filter; bias_act for a second-order
     activation from y (tanh, with clamp) and from x (swish), and lrelu."""
     cpu_kernels(MirrorPlugin())
-    monkeypatch.setattr(cb, 'KERNEL_DTYPES', (torch.float32, torch.float64))
+    monkeypatch.setattr(ck, 'KERNEL_DTYPES', (torch.float32, torch.float64))
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(1, 2, 5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     for f, up, down, pad in [(torch.rand(3, 2, generator=gen, dtype=torch.float64), (2, 1), (1, 3), (1, -1, 2, 0)),
                              (torch.rand(5, generator=gen, dtype=torch.float64), (1, 3), (2, 1), (2, 2, -1, 3))]:
-        fn = lambda t: cb.upfirdn2d(t, f, up=up, down=down, padding=pad, flip_filter=True, gain=1.3)  # noqa: E731
+        fn = lambda t: ck.upfirdn2d(t, f, up=up, down=down, padding=pad, flip_filter=True, gain=1.3)  # noqa: E731
         assert torch.autograd.gradcheck(fn, (x,))
         assert torch.autograd.gradgradcheck(fn, (x,))
-    assert cb.stats['upfirdn2d.fallback'] == 0
+    assert ck.stats['upfirdn2d.fallback'] == 0
     xb = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, generator=gen, dtype=torch.float64, requires_grad=True)
     for act, clamp in [('tanh', 0.9), ('swish', None), ('softplus', None), ('lrelu', None)]:
-        fn = lambda t, u: cb.bias_act(t, u, dim=1, act=act, alpha=None, gain=1.5, clamp=clamp)  # noqa: E731
+        fn = lambda t, u: ck.bias_act(t, u, dim=1, act=act, alpha=None, gain=1.5, clamp=clamp)  # noqa: E731
         assert torch.autograd.gradcheck(fn, (xb, b))
         assert torch.autograd.gradgradcheck(fn, (xb, b))
-    assert cb.stats['bias_act.fallback'] == 0
+    assert ck.stats['bias_act.fallback'] == 0
 
 
 def test_bias_act_third_order_raises(cpu_kernels: Any) -> None:
     """Second order is supported; a third derivative raises instead of returning a silent zero."""
     cpu_kernels(MirrorPlugin())
     x = torch.randn(4, 3, requires_grad=True)
-    y = cb.bias_act(x, None, dim=1, act='tanh')
+    y = ck.bias_act(x, None, dim=1, act='tanh')
     (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
     (g2,) = torch.autograd.grad(g.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match='third-order'):
         torch.autograd.grad(g2.sum(), x)
     # Second order without create_graph (R1, path length) is unaffected.
-    (g,) = torch.autograd.grad(cb.bias_act(x, None, dim=1, act='tanh').sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(ck.bias_act(x, None, dim=1, act='tanh').sum(), x, create_graph=True)
     (g2_plain,) = torch.autograd.grad(g.sum(), x)
     torch.testing.assert_close(g2_plain, g2.detach())
 
@@ -741,7 +748,7 @@ def test_failing_self_check_warns_once_and_falls_back(cpu_kernels: Any, op: str,
     assert not ready
     assert len(caught) == 1 and expect in str(caught[0].message), str(caught[0].message)
     assert 'falling back to the slow reference implementation' in str(caught[0].message)
-    assert expect in cb.why_not_ready(op)
+    assert expect in cs.why_not_ready(op)
     ready2, caught2 = _ready_quietly(op)
     assert not ready2 and not caught2
 
@@ -750,12 +757,12 @@ def test_build_failure_warns_once_with_reason(cpu_kernels: Any) -> None:
     """A failed build (e.g. nvcc missing) disables both ops with the builder's reason; so does a
     stale plugin whose ABI version differs."""
     cpu_kernels(custom_ops.PluginBuildError('the CUDA toolkit (nvcc) was not found; install ...'))
-    for op in cb.OPS:
+    for op in ck.OPS:
         ready, caught = _ready_quietly(op)
         assert not ready and len(caught) == 1
         assert 'could not be built: the CUDA toolkit (nvcc) was not found' in str(caught[0].message)
     stale = MirrorPlugin()
-    stale.abi_version = cb.ABI_VERSION + 1
+    stale.abi_version = cp.ABI_VERSION + 1
     cpu_kernels(stale)
     ready, caught = _ready_quietly('bias_act')
     assert not ready and 'ABI version' in str(caught[0].message)
@@ -764,53 +771,61 @@ def test_build_failure_warns_once_with_reason(cpu_kernels: Any) -> None:
 def test_cpu_machine_never_builds(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without CUDA: is_ready is False at once, the builder is never called, and the backend's
     ops on CPU tensors are the reference ops."""
-    cb.reset()
-    monkeypatch.setattr(cb, '_cuda_available', lambda: False)
+    cs.reset()
+    monkeypatch.setattr(cs, '_cuda_available', lambda: False)
 
     def forbidden() -> Any:
         raise AssertionError('must not build without CUDA')
-    monkeypatch.setattr(cb, '_load_plugin', forbidden)
-    for op in cb.OPS:
-        assert cb.is_ready(op) is False
-        assert cb.why_not_ready(op) == 'CUDA is not available'
+    monkeypatch.setattr(cp, '_load_plugin', forbidden)
+    for op in ck.OPS:
+        assert cs.is_ready(op) is False
+        assert cs.why_not_ready(op) == 'CUDA is not available'
     x = torch.randn(2, 3, 6, 6)
     f = torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64
-    y = cb.upfirdn2d(x, f, up=(2, 2), padding=(2, 1, 2, 1), gain=4.0)
-    want = cb.reference_upfirdn2d(x, f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0)
+    y = ck.upfirdn2d(x, f, up=(2, 2), padding=(2, 1, 2, 1), gain=4.0)
+    want = reference_upfirdn2d(x, f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0)
     torch.testing.assert_close(y, want, rtol=0, atol=0)
     b = torch.randn(3)
-    torch.testing.assert_close(cb.bias_act(x, b, 1, 'lrelu', None, None, 0.5),
-                               cb.reference_bias_act(x, b, 1, 'lrelu', 0.2, math.sqrt(2), 0.5), rtol=0, atol=0)
-    assert cb.stats['upfirdn2d.kernel'] == 0 and cb.stats['bias_act.kernel'] == 0
-    cb.reset()
+    torch.testing.assert_close(ck.bias_act(x, b, 1, 'lrelu', None, None, 0.5),
+                               reference_bias_act(x, b, 1, 'lrelu', 0.2, math.sqrt(2), 0.5), rtol=0, atol=0)
+    assert ck.stats['upfirdn2d.kernel'] == 0 and ck.stats['bias_act.kernel'] == 0
+    cs.reset()
 
 
 def test_uncovered_calls_fall_back_to_reference(cpu_kernels: Any) -> None:
     """float64, factor 9, a 65-tap filter and a filter needing a gradient go to the reference."""
     plugin = cpu_kernels(MirrorPlugin())
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
-    cb.upfirdn2d(x, torch.ones(2, 2, dtype=torch.float64), padding=(1, 0, 1, 0))
+    ck.upfirdn2d(x, torch.ones(2, 2, dtype=torch.float64), padding=(1, 0, 1, 0))
     x = x.float()
-    cb.upfirdn2d(x, torch.ones(2, 2), up=(9, 1), padding=(1, 0, 1, 0))
-    cb.upfirdn2d(x, torch.ones(65) / 65, padding=(32, 32, 32, 32))
+    ck.upfirdn2d(x, torch.ones(2, 2), up=(9, 1), padding=(1, 0, 1, 0))
+    ck.upfirdn2d(x, torch.ones(65) / 65, padding=(32, 32, 32, 32))
     f = torch.ones(2, 2, requires_grad=True)
-    y = cb.upfirdn2d(x, f, padding=(1, 0, 1, 0))
+    y = ck.upfirdn2d(x, f, padding=(1, 0, 1, 0))
     y.sum().backward()
     assert f.grad is not None
-    assert cb.stats['upfirdn2d.fallback'] == 4 and not plugin.calls
-    cb.bias_act(torch.randn(3, 4, dtype=torch.float64), None, 1, 'relu')
-    assert cb.stats['bias_act.fallback'] == 1
+    assert ck.stats['upfirdn2d.fallback'] == 4 and not plugin.calls
+    ck.bias_act(torch.randn(3, 4, dtype=torch.float64), None, 1, 'relu')
+    assert ck.stats['bias_act.fallback'] == 1
 
 
 def test_activation_table_matches_reference() -> None:
-    """The backend's copy of §2's table (it adds kernel codes) agrees with the reference's."""
+    """§2's table has one source (activations, re-exported by bias_act) that the kernel wrappers
+    read too; the kernel adds only its codes, which cover that table and equal kernels.h's enum."""
     from torch_utils.ops import bias_act as ref_module
-    assert set(cb.ACTIVATIONS) == set(ref_module.activation_funcs)
-    for name, spec in cb.ACTIVATIONS.items():
-        ref = ref_module.activation_funcs[name]
-        assert (spec.def_alpha, spec.def_gain, spec.grad_from, spec.has_2nd) == \
-            (ref.def_alpha, ref.def_gain, ref.ref, ref.has_2nd_grad), name
-    assert sorted(spec.code for spec in cb.ACTIVATIONS.values()) == list(range(9))
+    assert ck.activation_funcs is ref_module.activation_funcs
+    assert set(ck.ACT_CODES) == set(ref_module.activation_funcs)
+    assert sorted(ck.ACT_CODES.values()) == list(range(9))
+    with open(os.path.join(OPS_DIR, 'kernels.h')) as f:
+        enum = {name.lower(): int(v) for name, v in re.findall(r'\bkAct(\w+)\s*=\s*(\d+)', f.read())}
+    assert enum == ck.ACT_CODES
+
+
+def test_public_ops_hand_their_reference_to_the_kernels() -> None:
+    """The CUDA side imports no public op: the kernels' fallback and the self-check's oracle are
+    the reference paths that upfirdn2d.py and bias_act.py registered."""
+    assert ck.reference('upfirdn2d') is reference_upfirdn2d
+    assert ck.reference('bias_act') is reference_bias_act
 
 
 @pytest.mark.parametrize('good', [True, False])
@@ -823,7 +838,7 @@ def test_resolve_impl_follows_self_check(cpu_kernels: Any, good: bool, monkeypat
     cpu_kernels(MirrorPlugin() if good else _Broken('gain'))
     x = torch.empty(1, 1, 4, 4, device='meta')
     assert _impl.resolve_impl('upfirdn2d', torch.zeros(1, 1, 4, 4), 'cuda') == 'ref'
-    assert cb._status['upfirdn2d'] is None  # nothing built or checked for a CPU tensor
+    assert cs._status['upfirdn2d'] is None  # nothing built or checked for a CPU tensor
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         assert _impl.resolve_impl('upfirdn2d', x, 'auto') == ('cuda' if good else 'ref')
@@ -843,18 +858,18 @@ def test_compare_and_tie_mask() -> None:
     """The self-check's comparison: normalised max error, non-finite pattern, None = zeros,
     and the clamp tie zone excluded only from gradients."""
     w = torch.tensor([1.0, -2.0, 4.0])
-    assert cb.compare('y', w.clone(), w, 1e-4) == ''
-    assert cb.compare('y', w + torch.tensor([0, 0, 3.9e-4]), w, 1e-4) == ''  # < 1e-4 of the max
-    assert 'normalised max error' in cb.compare('y', w + torch.tensor([0, 0, 1e-3]), w, 1e-4)
-    assert 'non-finite' in cb.compare('y', torch.tensor([1.0, float('nan'), 4.0]), w, 1e-4)
-    assert cb.compare('g', None, torch.zeros(3), 1e-4) == ''
-    assert 'normalised' in cb.compare('g', None, torch.tensor([0.0, 1.0, 0.0]), 1e-4)
-    assert 'shape' in cb.compare('y', torch.zeros(2), w, 1e-4)
-    case = cb._bias_act_case('linear', clamp=1.0)
-    tie = cb._tie_mask(case, torch.tensor([[0.5, 1.0], [-1.0, 0.99]]), torch.float16)
+    assert cs.compare('y', w.clone(), w, 1e-4) == ''
+    assert cs.compare('y', w + torch.tensor([0, 0, 3.9e-4]), w, 1e-4) == ''  # < 1e-4 of the max
+    assert 'normalised max error' in cs.compare('y', w + torch.tensor([0, 0, 1e-3]), w, 1e-4)
+    assert 'non-finite' in cs.compare('y', torch.tensor([1.0, float('nan'), 4.0]), w, 1e-4)
+    assert cs.compare('g', None, torch.zeros(3), 1e-4) == ''
+    assert 'normalised' in cs.compare('g', None, torch.tensor([0.0, 1.0, 0.0]), 1e-4)
+    assert 'shape' in cs.compare('y', torch.zeros(2), w, 1e-4)
+    case = cs._bias_act_case('linear', clamp=1.0)
+    tie = cs._tie_mask(case, torch.tensor([[0.5, 1.0], [-1.0, 0.99]]), torch.float16)
     assert tie.tolist() == [[False, True], [True, False]]
-    assert cb._mask_for('y', tie, 1) is None
-    assert cb._mask_for('grad_b', tie, 1).tolist() == [True, True]
+    assert cs._mask_for('y', tie, 1) is None
+    assert cs._mask_for('grad_b', tie, 1).tolist() == [True, True]
 
 
 @pytest.mark.parametrize('context', ['no_grad', 'inference_mode'])
@@ -865,10 +880,10 @@ def test_first_call_inside_no_grad_or_inference_mode(cpu_kernels: Any, context: 
     x = torch.randn(2, 3)
     with (torch.no_grad() if context == 'no_grad' else torch.inference_mode()):
         ready, caught = _ready_quietly('bias_act')
-        assert ready and not caught, cb.why_not_ready('bias_act')
-        y = cb.bias_act(x, None, 1, 'lrelu')
-    assert cb.stats['bias_act.kernel'] > 0
-    torch.testing.assert_close(y, cb.reference_bias_act(x, None, 1, 'lrelu', 0.2, math.sqrt(2), None))
+        assert ready and not caught, cs.why_not_ready('bias_act')
+        y = ck.bias_act(x, None, 1, 'lrelu')
+    assert ck.stats['bias_act.kernel'] > 0
+    torch.testing.assert_close(y, reference_bias_act(x, None, 1, 'lrelu', 0.2, math.sqrt(2), None))
 
 
 def test_self_check_leaves_global_rng_alone(cpu_kernels: Any) -> None:
@@ -877,7 +892,7 @@ def test_self_check_leaves_global_rng_alone(cpu_kernels: Any) -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    assert cb.is_ready('bias_act')
+    assert cs.is_ready('bias_act')
     torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
 
 
@@ -969,7 +984,7 @@ def test_get_plugin_compile_error_is_one_clear_failure(ext_dir: Any, capsys: pyt
 def test_get_plugin_on_cpu_torch_says_why(ext_dir: Any, capsys: pytest.CaptureFixture) -> None:
     """The #1 upstream complaint: say plainly why nothing can be built, without a traceback wall."""
     with pytest.raises(custom_ops.PluginBuildError, match='CPU-only build'):
-        custom_ops.get_plugin(cb.PLUGIN_NAME, cb.PLUGIN_SOURCES, cb.PLUGIN_HEADERS, source_dir=OPS_DIR)
+        custom_ops.get_plugin(cp.PLUGIN_NAME, cp.PLUGIN_SOURCES, cp.PLUGIN_HEADERS, source_dir=OPS_DIR)
     assert 'Failed!' in capsys.readouterr().out
     assert 'CPU-only build' in custom_ops.toolchain_problem()
 
@@ -977,9 +992,9 @@ def test_get_plugin_on_cpu_torch_says_why(ext_dir: Any, capsys: pytest.CaptureFi
 # ---------------------------------------------------------------------------------------------
 # (4) GPU: the real kernels against the reference.
 
-def _gpu_upfirdn_case(case: tuple) -> cb.CheckCase:
+def _gpu_upfirdn_case(case: tuple) -> cs.CheckCase:
     x_shape, f_shape, up, down, pad, flip, gain = case
-    return cb._upfirdn_case('grid', x_shape, f_shape if f_shape != (4, 4) else 'fir4', up, down, pad, flip=flip,
+    return cs._upfirdn_case('grid', x_shape, f_shape if f_shape != (4, 4) else 'fir4', up, down, pad, flip=flip,
                             gain=gain, order=2)
 
 
@@ -989,16 +1004,16 @@ def gpu_kernels() -> None:
     problem = custom_ops.toolchain_problem()
     if problem is not None:
         pytest.skip(f'cannot build the CUDA plugin on this GPU machine: {problem}')
-    cb.reset()
-    for op in cb.OPS:
-        assert cb.is_ready(op), cb.why_not_ready(op)
+    cs.reset()
+    for op in ck.OPS:
+        assert cs.is_ready(op), cs.why_not_ready(op)
 
 
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_kernels_build_and_pass_self_check(gpu_kernels: None) -> None:
-    for op in cb.OPS:
-        assert cb.is_ready(op) and cb.why_not_ready(op) == ''
+    for op in ck.OPS:
+        assert cs.is_ready(op) and cs.why_not_ready(op) == ''
 
 
 @pytest.mark.gpu
@@ -1012,10 +1027,10 @@ def test_gpu_upfirdn2d_parity(gpu_kernels: None, case: tuple, dtype: torch.dtype
     check = _gpu_upfirdn_case(case)
     if dtype != torch.float32:
         check = dataclasses.replace(check, order=1)
-    before = cb.stats['upfirdn2d.kernel']
-    reason = cb.check_case(check, dtype, torch.device('cuda'), cb.upfirdn2d, cb.reference_upfirdn2d)
+    before = ck.stats['upfirdn2d.kernel']
+    reason = cs.check_case(check, dtype, torch.device('cuda'), ck.upfirdn2d, reference_upfirdn2d)
     assert reason == ''
-    assert cb.stats['upfirdn2d.kernel'] > before
+    assert ck.stats['upfirdn2d.kernel'] > before
 
 
 @pytest.mark.gpu
@@ -1033,8 +1048,8 @@ def test_gpu_bias_act_parity(gpu_kernels: None, act: str, dtype: torch.dtype, va
         kw.update(x_shape=(2, 6, 5, 3), channels_last=True)
     elif variant == 'dim0':
         kw.update(x_shape=(7, 33), dim=0, alpha=0.3)
-    check = cb._bias_act_case(act, **kw)
-    assert cb.check_case(check, dtype, torch.device('cuda'), cb.bias_act, cb.reference_bias_act) == ''
+    check = cs._bias_act_case(act, **kw)
+    assert cs.check_case(check, dtype, torch.device('cuda'), ck.bias_act, reference_bias_act) == ''
 
 
 @pytest.mark.gpu
@@ -1043,15 +1058,15 @@ def test_gpu_large_shapes_and_streams(gpu_kernels: None) -> None:
     """Tiling across many tiles and more than 65535 plane blocks (grid-y loop), a 256-px map,
     and a non-default stream."""
     dev = torch.device('cuda')
-    f = cb._fir4().to(dev)
+    f = cs._fir4().to(dev)
     for x in [torch.randn(2, 8, 256, 256, device=dev), torch.randn(70000, 1, 32, 32, device=dev, dtype=torch.float16)]:
-        got = cb.upfirdn2d(x, f, up=(2, 2), padding=(2, 1, 2, 1), gain=4.0)
-        want = cb.reference_upfirdn2d(x, f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0)
-        assert cb.compare('y', got, want, cb.TOLERANCES[x.dtype]) == ''
+        got = ck.upfirdn2d(x, f, up=(2, 2), padding=(2, 1, 2, 1), gain=4.0)
+        want = reference_upfirdn2d(x, f, (2, 2), (1, 1), (2, 1, 2, 1), False, 4.0)
+        assert cs.compare('y', got, want, cs.TOLERANCES[x.dtype]) == ''
     s = torch.cuda.Stream()
     x = torch.randn(4, 512, 8, 8, device=dev)
     b = torch.randn(512, device=dev)
     with torch.cuda.stream(s):
-        got = cb.bias_act(x, b, 1, 'lrelu', None, None, 256.0)
+        got = ck.bias_act(x, b, 1, 'lrelu', None, None, 256.0)
     s.synchronize()
-    assert cb.compare('y', got, cb.reference_bias_act(x, b, 1, 'lrelu', 0.2, math.sqrt(2), 256.0), 1e-4) == ''
+    assert cs.compare('y', got, reference_bias_act(x, b, 1, 'lrelu', 0.2, math.sqrt(2), 256.0), 1e-4) == ''

@@ -1,4 +1,5 @@
-"""Tests for training/dataset.py and training/builtin_dataset.py (issue "Foundation I", items 4–5)."""
+"""Tests for training/dataset.py, training/image_files.py and training/builtin_dataset.py (issue "Foundation I",
+items 4–5)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import io
 import json
 import os
 import pickle
+import subprocess
+import sys
 import time
 import zipfile
 
@@ -15,10 +18,13 @@ import PIL.Image
 import pytest
 import torch
 
+from dnnlib import util
 from dnnlib.util import UserError
 from training import builtin_dataset
 from training.builtin_dataset import ensure_builtin_dataset, generate_builtin_images, generate_builtin_labels
-from training.dataset import DatasetWriter, ImageFolderDataset, image_to_array, list_image_files, open_image_source
+from training.dataset import IMAGE_FILES_CLASS, IMAGE_FOLDER_CLASS, ImageFilesDataset, ImageFolderDataset, \
+    image_files_kwargs, image_folder_kwargs, list_image_files, open_image_source, reference_dataset_kwargs
+from training.image_files import DatasetWriter, image_to_array
 
 
 @pytest.fixture(autouse=True)
@@ -329,3 +335,106 @@ def test_writer_is_atomic(tmp_path):
     assert ds[1][0].shape == (3, 4, 4) and int(ds[1][0][0, 0, 0]) == 9 and ds.label_shape == [2]
     with open_image_source(str(tmp_path / 'folder')) as src:
         assert src.image_names == ['00000/img00000000.png', '00000/img00000001.png']
+
+
+# ---------------------------------------------------------------------------------------------
+# Content digest (the metrics' statistics-cache key), kwargs for the metrics, generated-image sets.
+
+def _folder_digest_by_hand(root) -> str:
+    """The documented folder formula: SHA-1 over sorted visible files of json([name, size]) + SHA-1(bytes)."""
+    names = []
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            rel = os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, '/')
+            if not any(part.startswith('.') or part == '__MACOSX' for part in rel.split('/')):
+                names.append(rel)
+    h = hashlib.sha1()
+    for name in sorted(names):
+        data = open(os.path.join(root, name), 'rb').read()
+        h.update(json.dumps([name, len(data)]).encode())
+        h.update(hashlib.sha1(data).digest())
+    return 'dir-' + h.hexdigest()
+
+
+def test_content_digest_of_a_folder_follows_the_content_not_the_path(tmp_path):
+    images, names, _ = _make_folder(tmp_path / 'd', n=4, labels=[0, 1, 0, 1])
+    (tmp_path / 'd' / '.DS_Store').write_bytes(b'ignored')
+    digest = ImageFolderDataset(str(tmp_path / 'd')).content_digest()
+    assert digest == _folder_digest_by_hand(tmp_path / 'd')  # the key format of existing caches
+    assert ImageFilesDataset(str(tmp_path / 'd')).content_digest() == digest
+    os.rename(tmp_path / 'd', tmp_path / 'moved')
+    assert ImageFolderDataset(str(tmp_path / 'moved')).content_digest() == digest
+
+    # One pixel of one image changes (same name, same size): another digest. The memo is keyed by
+    # mtime, so give the rewritten file a distinct one whatever the file system's resolution.
+    path = tmp_path / 'moved' / names[1]
+    before = os.stat(path)
+    changed = images[1].copy()
+    changed[0, 0, 0] ^= 1
+    _save_png(str(path), changed)
+    assert os.path.getsize(path) == before.st_size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    new = ImageFolderDataset(str(tmp_path / 'moved')).content_digest()
+    assert new != digest and new == _folder_digest_by_hand(tmp_path / 'moved')
+
+    # The labels are content too.
+    (tmp_path / 'moved' / 'dataset.json').write_text(json.dumps({'labels': None}))
+    assert ImageFolderDataset(str(tmp_path / 'moved')).content_digest() not in (digest, new)
+
+
+def test_content_digest_of_a_zip_is_its_central_directory(tmp_path):
+    with DatasetWriter(str(tmp_path / 'a.zip')) as w:
+        for v in range(3):
+            w.add_image(np.full([4, 4, 3], v, np.uint8))
+    with zipfile.ZipFile(tmp_path / 'a.zip') as z:
+        entries = sorted((i.filename, i.file_size, i.CRC) for i in z.infolist() if not i.is_dir())
+    digest = ImageFolderDataset(str(tmp_path / 'a.zip')).content_digest()
+    assert digest == 'zip-' + hashlib.sha1(json.dumps(entries).encode()).hexdigest()
+    with DatasetWriter(str(tmp_path / 'a.zip'), exist_ok=True) as w:
+        for v in (0, 1, 3):
+            w.add_image(np.full([4, 4, 3], v, np.uint8))
+    assert ImageFolderDataset(str(tmp_path / 'a.zip')).content_digest() != digest
+
+
+def test_dataset_kwargs_name_the_classes():
+    assert util.get_obj_by_name(IMAGE_FOLDER_CLASS) is ImageFolderDataset
+    assert IMAGE_FOLDER_CLASS == 'training.dataset.ImageFolderDataset'  # stored in old snapshots
+    assert util.get_obj_by_name(IMAGE_FILES_CLASS) is ImageFilesDataset
+    kwargs = image_folder_kwargs('builtin:8', use_labels=True)
+    ds = util.construct_class_by_name(**kwargs)
+    assert isinstance(ds, ImageFolderDataset) and ds.resolution == 8 and ds.has_labels
+    assert reference_dataset_kwargs(None) is None and image_files_kwargs(None) is None
+    assert dict(reference_dataset_kwargs('ref.zip')) == dict(class_name=IMAGE_FOLDER_CLASS, path='ref.zip',
+                                                             max_size=None, xflip=False)
+    assert isinstance(util.construct_class_by_name(**image_files_kwargs('builtin:8')), ImageFilesDataset)
+
+
+def test_image_files_dataset_reads_any_size_without_labels(tmp_path):
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, [6, 10, 3], dtype=np.uint8)
+    gray = rng.integers(0, 256, [7, 7], dtype=np.uint8)
+    _save_png(str(tmp_path / 'g' / 'a.png'), rgb)
+    _save_png(str(tmp_path / 'g' / 'b' / 'c.png'), gray)
+    (tmp_path / 'g' / 'notes.txt').write_text('not an image')
+    ds = ImageFilesDataset(str(tmp_path / 'g'))
+    assert len(ds) == 2 and not ds.has_labels and ds.label_dim == 0
+    img, label = ds[0]
+    assert img.dtype == np.uint8 and np.array_equal(img, rgb.transpose(2, 0, 1)) and label.shape == (0,)
+    assert np.array_equal(ds[1][0], gray[None])
+    os.makedirs(tmp_path / 'empty')
+    with pytest.raises(UserError, match='^--gen-data=.*empty: no image files found$'):
+        ImageFilesDataset(str(tmp_path / 'empty'))
+
+
+def test_dataset_modules_import_in_layers():
+    """image_files knows nothing of the built-in set or the Dataset classes; builtin_dataset nothing of the latter."""
+    code = ('import sys, training.{0}; '
+            'print(sorted(m for m in sys.modules if m.startswith("training.")))')
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    loaded = {}
+    for mod in ('image_files', 'builtin_dataset'):
+        out = subprocess.run([sys.executable, '-c', code.format(mod)], cwd=repo, capture_output=True, text=True,
+                             check=True, timeout=120).stdout
+        loaded[mod] = json.loads(out.strip().replace("'", '"'))
+    assert loaded['image_files'] == ['training.image_files']
+    assert loaded['builtin_dataset'] == ['training.builtin_dataset', 'training.image_files']

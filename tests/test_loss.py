@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils import misc, training_stats
+from patches.overfit import RealSignCollector
 from training.loss import StyleGAN2Loss
 
 N, Z, W, NUM_WS, C, R = 4, 3, 5, 4, 1, 2
@@ -228,11 +229,14 @@ def test_discriminator_pass_labels_and_extra_loss_hook():
             return D.w.sum() * 0 + (1.5 if labels[-1] == 'dreal' else 0.0)
 
     loss.d_pass_context = Ctx()
+    collector = RealSignCollector()
+    loss.real_logit_listeners.append(collector)
     D.requires_grad_(True)
     loss.accumulate_gradients('Dmain', real, real_c, z, c, gain=1)
     loss.accumulate_gradients('Dreg', real, real_c, z, c, gain=16)
     G.requires_grad_(True)
     loss.accumulate_gradients('Gmain', real, real_c, z, c, gain=1)
     assert labels == ['dfake', 'dreal', 'dreal', 'gfake']
-    assert loss.take_dmain_real_logits().shape == (N, 1)
-    assert loss.take_dmain_real_logits() is None
+    signs_all, signs_main = collector.take()  # the Dmain real logits reach the per-iteration controllers once
+    assert signs_main[0].item() == N and signs_all[0].item() == 2 * N  # Dmain and Dreg passes, N logits each
+    assert collector.take() == (None, None)

@@ -7,9 +7,12 @@ test runs the real default_1.pt on two images.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -18,9 +21,11 @@ import pytest
 import scipy.linalg
 import torch
 
+from dnnlib import util
 from dnnlib.util import UserError
 from metrics import detectors, frechet_inception_distance as fid_mod, inception_score, kernel_inception_distance
 from metrics import metric_main, metric_utils, precision_recall
+from training.dataset import ImageFolderDataset, image_folder_kwargs
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.
@@ -405,7 +410,7 @@ def _count_detector_calls(monkeypatch) -> list:
 
 
 def _dataset_stats(path: str, det_path: str):
-    opts = metric_utils.MetricOptions(dataset_kwargs=dict(path=path), detector_path=det_path, batch_size=4)
+    opts = metric_utils.MetricOptions(dataset_kwargs=image_folder_kwargs(path), detector_path=det_path, batch_size=4)
     det = detectors.load_detector(det_path)
     return metric_utils.compute_feature_stats_for_dataset(opts, det, capture_mean_cov=True).get_mean_cov()[0]
 
@@ -454,20 +459,104 @@ def test_cache_invalidated_for_zip_content_and_options(tmp_path, monkeypatch):
     arrays = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(4)]
     write_zip(arrays)
     calls = _count_detector_calls(monkeypatch)
-    d1 = metric_utils.dataset_content_digest(str(tmp_path / 'd.zip'))
+    d1 = ImageFolderDataset(str(tmp_path / 'd.zip')).content_digest()
     m1 = _dataset_stats(str(tmp_path / 'd.zip'), det_path)
     calls.clear()
     arrays[0] = 255 - arrays[0]
     write_zip(arrays)
-    assert metric_utils.dataset_content_digest(str(tmp_path / 'd.zip')) != d1
+    assert ImageFolderDataset(str(tmp_path / 'd.zip')).content_digest() != d1
     m2 = _dataset_stats(str(tmp_path / 'd.zip'), det_path)
     assert sum(calls) == 4 and not np.array_equal(m1, m2)
     # x-flip is part of the key.
     calls.clear()
-    opts = metric_utils.MetricOptions(dataset_kwargs=dict(path=str(tmp_path / 'd.zip'), xflip=True),
+    opts = metric_utils.MetricOptions(dataset_kwargs=image_folder_kwargs(str(tmp_path / 'd.zip'), xflip=True),
                                       detector_path=det_path)
     metric_utils.compute_feature_stats_for_dataset(opts, detectors.load_detector(det_path), capture_mean_cov=True)
     assert sum(calls) == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets are injected by class name; metrics/ does not depend on training/.
+
+
+class _ArrayDataset:
+    """A MetricDataset held in memory; ``digest`` plays the content digest (named by the tests below)."""
+
+    def __init__(self, path: str, n: int, seed: int, digest: str):
+        self.images = np.random.default_rng(seed).integers(0, 256, [n, 3, 8, 8], dtype=np.uint8)
+        self.path, self.digest = path, digest
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx: int):
+        return self.images[idx], np.zeros([0], np.float32)
+
+    has_labels, label_dim = False, 0
+
+    def get_label(self, idx: int) -> np.ndarray:
+        return np.zeros([0], np.float32)
+
+    def content_digest(self) -> str:
+        return self.digest
+
+
+def test_metrics_construct_the_dataset_class_named_in_kwargs(tmp_path, monkeypatch):
+    monkeypatch.setattr(util, 'TRUSTED_MODULE_PREFIXES', util.TRUSTED_MODULE_PREFIXES + (__name__ + '.',))
+    det_path = save_script(_PlainStub(), tmp_path / 'det.pt')
+    det = detectors.load_detector(det_path)
+    expected = det.features(torch.from_numpy(_ArrayDataset('', 10, 1, '').images)).double().numpy().mean(0)
+    expected_gen = det.features(torch.from_numpy(_ArrayDataset('', 7, 1, '').images[:5])).numpy()
+    calls = _count_detector_calls(monkeypatch)
+
+    def kwargs(**kw):
+        return dict(class_name=f'{__name__}._ArrayDataset', path='in-memory', **kw)
+
+    def real_mean(**kw):
+        opts = metric_utils.MetricOptions(dataset_kwargs=kwargs(**kw), detector_path=det_path, batch_size=4)
+        return metric_utils.compute_feature_stats_for_dataset(opts, det, capture_mean_cov=True).get_mean_cov()[0]
+
+    np.testing.assert_allclose(real_mean(n=10, seed=1, digest='a'), expected, rtol=1e-5)
+    assert sum(calls) == 10
+    calls.clear()
+    # The cache key is the object's content_digest() (with the other kwargs): equal digest, a hit;
+    # another digest, a recomputation.
+    np.testing.assert_allclose(real_mean(n=10, seed=1, digest='a'), expected, rtol=1e-5)
+    assert calls == []
+    other = real_mean(n=10, seed=2, digest='b')
+    assert sum(calls) == 10 and not np.allclose(other, expected)
+
+    # The generated side goes through the same protocol (first max_items items).
+    opts = metric_utils.MetricOptions(gen_dataset_kwargs=kwargs(n=7, seed=1, digest='g'), detector_path=det_path)
+    stats = metric_utils.compute_feature_stats_for_generator(opts, det, capture_all=True, max_items=5)
+    assert opts.info['num_gen'] == 5
+    np.testing.assert_allclose(stats.get_all(), expected_gen, rtol=1e-5)
+
+    # kwargs without a class are refused (metrics have no default dataset class).
+    with pytest.raises(ValueError, match='class_name'):
+        metric_utils.open_dataset(dict(path='in-memory'))
+
+
+def test_metrics_import_nothing_from_training():
+    """Importing the metrics loads no training module, and no metrics source imports or names one."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ('import sys, metrics.metric_main; '
+            'print([m for m in sys.modules if m == "training" or m.startswith("training.")])')
+    out = subprocess.run([sys.executable, '-c', code], cwd=repo, capture_output=True, text=True, check=True,
+                         timeout=120).stdout
+    assert out.strip() == '[]'
+    metrics_dir = os.path.join(repo, 'metrics')
+    for fname in sorted(os.listdir(metrics_dir)):
+        if not fname.endswith('.py'):
+            continue
+        tree = ast.parse(open(os.path.join(metrics_dir, fname), encoding='utf-8').read())
+        for node in ast.walk(tree):  # function-level imports and class paths in strings too
+            if isinstance(node, ast.Import):
+                assert not any(a.name.split('.')[0] == 'training' for a in node.names), fname
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0 and (node.module or '').split('.')[0] != 'training', fname
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert 'training.dataset' not in node.value, fname
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ _registry: dict[str, type] = {}
 T = TypeVar('T', bound=type)
 
 SNAPSHOT_FORMAT = 'degan-snapshot'
-SNAPSHOT_VERSION = 1
 
 
 def class_name_of(cls: type) -> str:
@@ -116,7 +115,6 @@ def save_snapshot(data: dict[str, Any], path: str) -> None:
     """
     data = dict(data)
     data.setdefault('format', SNAPSHOT_FORMAT)
-    data.setdefault('version', SNAPSHOT_VERSION)
     with util.atomic_path(path) as tmp:
         torch.save(data, tmp)
 
@@ -135,12 +133,3 @@ def load_snapshot(path: str, map_location: Optional[str | torch.device] = 'cpu')
     if not isinstance(data, dict) or data.get('format') != SNAPSHOT_FORMAT:
         raise util.UserError(f'{path}: not a degan snapshot (missing format tag)')
     return data
-
-
-def load_network(path: str, key: str = 'G_ema', device: torch.device | str = 'cpu',
-                 **override_kwargs: Any) -> torch.nn.Module:
-    """Convenience: rebuild one network (``G_ema`` by default) from a snapshot file, in eval mode."""
-    data = load_snapshot(path)
-    if data.get(key) is None:
-        raise util.UserError(f'{path}: the snapshot holds no "{key}" network')
-    return module_from_record(data[key], device=device, **override_kwargs).eval().requires_grad_(False)

@@ -17,6 +17,11 @@ on ``num_images``. Shapes are placed in resolution-independent coordinates, so
 
 Each image also has an integer label, its hair colour class (0 black, 1 brown, 2 blond,
 3 red; see :data:`LABEL_NAMES`), stored in ``dataset.json`` so that ``--cond=1`` can be tried.
+
+Layering: this module sits on :mod:`training.image_files` (it writes its zip with
+:class:`~training.image_files.DatasetWriter`) and knows no Dataset class;
+:mod:`training.dataset` resolves ``builtin`` / ``builtin:RES`` paths through
+:func:`parse_builtin_spec` and :func:`ensure_builtin_dataset`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Optional
 import numpy as np
 
 from dnnlib import util
+from training.image_files import DatasetWriter
 
 #: Bump when the drawing changes, so that cached zips of an older version are not reused.
 BUILTIN_VERSION = 1
@@ -219,7 +225,6 @@ def ensure_builtin_dataset(resolution: int = DEFAULT_RESOLUTION, num_images: int
     path = builtin_dataset_path(resolution, num_images)
     if os.path.isfile(path):
         return path
-    from training.dataset import DatasetWriter  # local import: training.dataset imports this module
     images = generate_builtin_images(resolution, num_images)
     labels = generate_builtin_labels(num_images)
     with DatasetWriter(path, exist_ok=True) as writer:

@@ -1,20 +1,27 @@
-"""Training datasets: the StyleGAN2-ADA dataset format, read and written.
+"""Training datasets (upstream's ``Dataset`` / ``ImageFolderDataset``), the built-in set by name,
+and the ``dataset_kwargs`` that name them (stylegan2-ada.md §9, §14).
 
-The format (stylegan2-ada.md §9, §14): a folder or an uncompressed zip of images (normally
-``NNNNN/imgNNNNNNNN.png`` as written by ``dataset_tool.py``), square with a power-of-two
-side, 1 (grayscale) or 3 (RGB) channels, plus an optional ``dataset.json`` of the form
-``{"labels": [["00000/img00000000.png", 6], ...]}`` or ``{"labels": null}``. Integer labels
-are class indices (one-hot encoded on read); lists of numbers are label vectors.
+The top layer of the dataset code::
 
-Public pieces:
+    training/image_files.py       file I/O: ImageSource, decoding, labels, DatasetWriter
+    training/builtin_dataset.py   the built-in set (written with DatasetWriter)
+    training/dataset.py           this module: Dataset classes, ``builtin[:RES]`` paths, kwargs
+
+Neither lower module imports this one. Public pieces:
 
 * :class:`Dataset` / :class:`ImageFolderDataset` — upstream-compatible training datasets
   (``max_size`` seeded subset, ``xflip`` doubling, labels). ``path='builtin'`` or
   ``'builtin:32'`` reads the generated low-shot dataset of :mod:`training.builtin_dataset`.
-* :class:`ImageSource`, :func:`open_image_source`, :func:`list_image_files` — list and read the
-  images of a folder or zip (shared by ``dataset_tool.py`` and the metrics code).
-* :func:`image_to_array` — decode any PIL image to uint8 HWC with 1 or 3 channels.
-* :class:`DatasetWriter` — write a dataset zip/folder atomically (temp name + rename).
+  Snapshots store the class path ``training.dataset.ImageFolderDataset`` in
+  ``training_set_kwargs``; it must keep resolving.
+* :class:`ImageFilesDataset` — the images of a folder/zip of *generated* samples, any size,
+  no labels (``calc_metrics.py --gen-data``).
+* :func:`image_folder_kwargs`, :func:`reference_dataset_kwargs`, :func:`image_files_kwargs` —
+  ``dataset_kwargs`` (``class_name`` + constructor arguments, upstream's protocol) for the
+  metrics, which never name a dataset class themselves (``metrics.metric_utils.MetricDataset``
+  is what they need from one; both classes here provide it, including ``content_digest()``).
+* :func:`resolve_dataset_path`, :func:`open_image_source`, :func:`list_image_files`,
+  :func:`require_existing_paths` — paths that may name the built-in set.
 
 Every problem with the user's data raises :class:`dnnlib.util.UserError` with one line that
 names the file and the fix.
@@ -22,148 +29,23 @@ names the file and the fix.
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import shutil
-import tempfile
-import zipfile
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
-import PIL.Image
 import torch
 
 import dnnlib
-from dnnlib.util import UserError, current_umask
+from dnnlib.util import UserError
+from training import builtin_dataset
+from training.image_files import ImageSource, image_to_array, labels_to_array
 
-LabelValue = Union[int, Sequence[float], None]
-
-# ---------------------------------------------------------------------------------------------
-# Which files are images.
-
-_IMAGE_EXTENSIONS: Optional[frozenset[str]] = None
-
-
-def image_extensions() -> frozenset[str]:
-    """Lower-case file extensions (``'.png'``, ``'.jpg'``, …) that PIL can open (not save-only formats)."""
-    global _IMAGE_EXTENSIONS
-    if _IMAGE_EXTENSIONS is None:
-        PIL.Image.init()
-        readable = set(PIL.Image.OPEN)
-        _IMAGE_EXTENSIONS = frozenset(ext.lower() for ext, fmt in PIL.Image.registered_extensions().items()
-                                      if fmt in readable)
-    return _IMAGE_EXTENSIONS
-
-
-def _is_hidden(name: str) -> bool:
-    """Hidden files/folders (``.DS_Store``, ``._x.png`` AppleDouble files, temp files) and ``__MACOSX/``."""
-    return any(part.startswith('.') or part == '__MACOSX' for part in name.split('/'))
-
-
-def is_image_file(name: str) -> bool:
-    """True for a visible file whose extension PIL can read (``.png``, ``.jpg``, ``.jpeg``, ``.webp``, …)."""
-    return not _is_hidden(name) and os.path.splitext(name)[1].lower() in image_extensions()
-
+#: Class paths for ``dataset_kwargs['class_name']`` (stored in snapshots: keep them resolving).
+IMAGE_FOLDER_CLASS = 'training.dataset.ImageFolderDataset'
+IMAGE_FILES_CLASS = 'training.dataset.ImageFilesDataset'
 
 # ---------------------------------------------------------------------------------------------
-# Reading a folder or a zip.
-
-class ImageSource:
-    """The files of a dataset folder or zip, listed in a deterministic (sorted) order.
-
-    Names are relative paths with ``/`` separators (the keys used by ``dataset.json``). A zip
-    is opened lazily, once per process, so an ``ImageSource`` can be pickled into DataLoader
-    worker processes (fork or spawn) and each worker reads through its own file handle.
-    """
-
-    def __init__(self, path: str):
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise UserError(f'dataset path "{path}" does not exist')
-        self.path = path
-        if os.path.isdir(path):
-            self.kind = 'dir'
-            names = []
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                rel = os.path.relpath(root, path)
-                for fname in files:
-                    names.append(fname if rel == '.' else os.path.join(rel, fname).replace(os.sep, '/'))
-        elif zipfile.is_zipfile(path):
-            self.kind = 'zip'
-            names = [n for n in self._get_zip().namelist() if not n.endswith('/')]
-        else:
-            raise UserError(f'dataset path "{path}" is neither a folder nor a zip file; '
-                            f'convert it with dataset_tool.py --source=... --dest=dataset.zip')
-        self.all_names: list[str] = sorted(n for n in names if not _is_hidden(n))
-        self.image_names: list[str] = [n for n in self.all_names if is_image_file(n)]
-        self._names_set = frozenset(self.all_names)
-
-    _zip: Optional[zipfile.ZipFile] = None
-    _zip_pid: Optional[int] = None
-
-    def _get_zip(self) -> zipfile.ZipFile:
-        if self._zip is None or self._zip_pid != os.getpid():
-            try:
-                self._zip = zipfile.ZipFile(self.path)
-            except (OSError, zipfile.BadZipFile) as e:
-                raise UserError(f'cannot open zip "{self.path}": {e}; rebuild it with dataset_tool.py') from None
-            self._zip_pid = os.getpid()
-        return self._zip
-
-    def has_file(self, name: str) -> bool:
-        return name in self._names_set
-
-    def read_bytes(self, name: str) -> bytes:
-        """The raw bytes of one member."""
-        try:
-            if self.kind == 'dir':
-                with open(os.path.join(self.path, name), 'rb') as f:
-                    return f.read()
-            return self._get_zip().read(name)
-        except (OSError, KeyError, zipfile.BadZipFile) as e:
-            raise UserError(f'cannot read "{name}" in {self.path}: {e}') from None
-
-    def open_image(self, name: str) -> PIL.Image.Image:
-        """Open and fully decode one image; a corrupt/truncated/non-image file → UserError naming it."""
-        return decode_image(self.read_bytes(name), f'{self.path}/{name}')
-
-    def load_image(self, name: str) -> np.ndarray:
-        """One image as uint8 [H, W, C], C ∈ {1, 3} (see :func:`image_to_array`)."""
-        return image_to_array(self.open_image(name), f'{self.path}/{name}')[0]
-
-    def read_labels(self) -> Optional[dict[str, Any]]:
-        """The ``labels`` of ``dataset.json`` as {name: label}, or None if absent / null."""
-        if not self.has_file('dataset.json'):
-            return None
-        where = f'{self.path}/dataset.json'
-        try:
-            data = json.loads(self.read_bytes('dataset.json').decode('utf-8'))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f'{where} is not valid JSON ({e}); fix or delete it') from None
-        labels = data.get('labels') if isinstance(data, dict) else 0
-        if labels is None:
-            return None
-        if not isinstance(labels, list) or not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
-                                                  for p in labels):
-            raise UserError(f'{where}: "labels" must be null or a list of [file name, label] pairs')
-        return {fname.replace('\\', '/'): label for fname, label in labels}
-
-    def close(self) -> None:
-        if self._zip is not None:
-            self._zip.close()
-        self._zip = None
-        self._zip_pid = None
-
-    def __getstate__(self) -> dict:
-        return dict(self.__dict__, _zip=None, _zip_pid=None)
-
-    def __enter__(self) -> 'ImageSource':
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+# Paths: a folder, a zip, or the built-in dataset.
 
 
 def resolve_dataset_path(path: str, resolution: Optional[int] = None) -> str:
@@ -172,7 +54,6 @@ def resolve_dataset_path(path: str, resolution: Optional[int] = None) -> str:
     An existing file or folder named ``builtin`` wins over the built-in dataset. ``'builtin'``
     without a resolution takes ``resolution`` when given, else 64.
     """
-    from training import builtin_dataset
     spec = builtin_dataset.parse_builtin_spec(path)
     if spec is None or os.path.exists(path):
         return os.fspath(path)
@@ -180,9 +61,9 @@ def resolve_dataset_path(path: str, resolution: Optional[int] = None) -> str:
     return builtin_dataset.ensure_builtin_dataset(resolution=res)
 
 
-def open_image_source(path: str) -> ImageSource:
-    """An :class:`ImageSource` for a folder, a zip, or ``builtin[:RES]``."""
-    return ImageSource(resolve_dataset_path(path))
+def open_image_source(path: str, resolution: Optional[int] = None) -> ImageSource:
+    """An :class:`~training.image_files.ImageSource` for a folder, a zip, or ``builtin[:RES]``."""
+    return ImageSource(resolve_dataset_path(path, resolution))
 
 
 def list_image_files(path: str) -> list[str]:
@@ -194,89 +75,15 @@ def list_image_files(path: str) -> list[str]:
         return list(src.image_names)
 
 
-# ---------------------------------------------------------------------------------------------
-# Decoding.
-
-_GRAY_MODES = frozenset(['1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N'])
-_SIXTEEN_BIT_MODES = frozenset(['I', 'I;16', 'I;16L', 'I;16B', 'I;16N'])
-
-
-def decode_image(data: bytes, name: str) -> PIL.Image.Image:
-    """Open and fully decode an image from bytes; any failure → UserError naming the file."""
-    try:
-        img = PIL.Image.open(io.BytesIO(data))
-        img.load()
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib errors, ...
-        why = 'not an image file PIL can read' if isinstance(e, PIL.UnidentifiedImageError) else str(e)
-        raise UserError(f'cannot read image {name}: {why}; remove or replace the file') from None
-    return img
-
-
-def is_grayscale_mode(mode: str) -> bool:
-    """True for PIL modes that :func:`image_to_array` turns into one channel."""
-    return mode in _GRAY_MODES
-
-
-def _composite_on_black(values: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Round(values · alpha / 255) in integers: premultiply onto a black background."""
-    out = (values.astype(np.uint32) * alpha.astype(np.uint32)[..., None] + 127) // 255
-    return out.astype(np.uint8)
-
-
-def image_to_array(img: PIL.Image.Image, name: str = 'image') -> tuple[np.ndarray, Optional[str]]:
-    """Convert a decoded PIL image to uint8 [H, W, C] with C = 1 (grayscale) or 3 (RGB).
-
-    Returns ``(array, note)``; ``note`` says what was changed: ``'alpha'`` (RGBA/LA/palette
-    transparency composited on black), ``'16bit'`` (16-bit values v scaled to round(v / 257))
-    or None. Palette, CMYK, YCbCr, … become RGB; bilevel becomes 0/255 grayscale.
-    """
-    mode = img.mode
-    if mode == 'RGB':
-        return np.asarray(img, dtype=np.uint8), None
-    if mode == 'L':
-        return np.asarray(img, dtype=np.uint8)[..., None], None
-    if mode in _SIXTEEN_BIT_MODES:
-        v = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
-        return ((2 * v + 257) // 514).astype(np.uint8)[..., None], '16bit'
-    if mode == '1':
-        return np.asarray(img.convert('L'), dtype=np.uint8)[..., None], None
-    if mode in ('LA', 'La'):
-        la = np.asarray(img.convert('LA'), dtype=np.uint8)
-        return _composite_on_black(la[..., :1], la[..., 1]), 'alpha'
-    if mode == 'P' and 'transparency' in img.info or mode in ('RGBA', 'RGBa', 'PA'):
-        rgba = np.asarray(img.convert('RGBA'), dtype=np.uint8)
-        return _composite_on_black(rgba[..., :3], rgba[..., 3]), 'alpha'
-    try:
-        return np.asarray(img.convert('RGB'), dtype=np.uint8), None
-    except (ValueError, OSError) as e:
-        raise UserError(f'image {name} has unsupported mode {mode} ({e}); convert it to 8-bit RGB') from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Labels.
-
-def labels_to_array(labels: Sequence[Any], where: str) -> np.ndarray:
-    """Turn a list of labels into int64 [N] (class indices) or float32 [N, D] (vectors).
-
-    Integers (or integral floats) → class indices ≥ 0; non-integral numbers → [N, 1] vectors;
-    lists of numbers → [N, D] vectors of one common length D.
-    """
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    if all(number(v) for v in labels):
-        arr = np.array(labels, dtype=np.float64)
-        if np.all(arr == np.round(arr)):
-            if arr.min(initial=0) < 0:
-                raise UserError(f'{where}: class labels must be ≥ 0 (found {int(arr.min())})')
-            return arr.astype(np.int64)
-        return arr.astype(np.float32)[:, None]
-    if all(isinstance(v, list) and all(number(x) for x in v) for v in labels):
-        lengths = sorted(set(len(v) for v in labels))
-        if len(lengths) != 1:
-            raise UserError(f'{where}: label vectors have different lengths {lengths}; all must have the same length')
-        return np.array(labels, dtype=np.float32).reshape(len(labels), lengths[0])
-    raise UserError(f'{where}: every label must be an integer class or a list of numbers')
+def require_existing_paths(paths: Sequence[tuple[str, Optional[str]]]) -> None:
+    """One-line UserError for the first (flag, path) whose path does not exist. Dataset flags
+    (``--data``, ``--ref-data``) also accept the built-in dataset, ``builtin[:RES]``."""
+    for flag, path in paths:
+        if path is None or os.path.exists(path):
+            continue
+        if flag in ('--data', '--ref-data') and builtin_dataset.parse_builtin_spec(path) is not None:
+            continue
+        raise UserError(f'{flag}={path}: no such file or folder')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,10 +235,8 @@ class ImageFolderDataset(Dataset):
                  max_size: Optional[int] = None, use_labels: bool = False, xflip: bool = False,
                  random_seed: int = 0, **super_kwargs: Any):
         self._path = os.fspath(path)
-        from training import builtin_dataset
-        spec = builtin_dataset.parse_builtin_spec(self._path)
-        is_builtin = spec is not None and not os.path.exists(self._path)
-        self._source = ImageSource(resolve_dataset_path(self._path, resolution))
+        is_builtin = builtin_dataset.parse_builtin_spec(self._path) is not None and not os.path.exists(self._path)
+        self._source = open_image_source(self._path, resolution)
         if name is None:
             name = (self._path.replace(':', '') if is_builtin else
                     os.path.splitext(os.path.basename(os.path.normpath(self._path)))[0])
@@ -455,6 +260,14 @@ class ImageFolderDataset(Dataset):
     def path(self) -> str:
         """The path as given (``'builtin'`` stays ``'builtin'``)."""
         return self._path
+
+    def content_digest(self) -> str:
+        """A string naming the files' content, not the path (see :meth:`ImageSource.content_digest`).
+
+        ``max_size``, ``xflip``, ``resolution``, ``use_labels`` are not part of it: the metrics'
+        statistics cache keys them separately (from the ``dataset_kwargs``).
+        """
+        return self._source.content_digest()
 
     def _describe(self, raw_idx: int) -> str:
         return f'{self._source.path}/{self._image_fnames[raw_idx]}'
@@ -491,155 +304,68 @@ class ImageFolderDataset(Dataset):
         return labels_to_array([labels[f] for f in self._image_fnames], where)
 
 
-# ---------------------------------------------------------------------------------------------
-# Writing.
+class ImageFilesDataset(torch.utils.data.Dataset):
+    """The images of a folder, a zip or ``builtin[:RES]`` in sorted order — generated samples for
+    ``calc_metrics.py --gen-data``. Any size, 1 or 3 channels per image, no labels.
 
-def dataset_image_name(idx: int) -> str:
-    """Upstream's layout: ``NNNNN/imgNNNNNNNN.png`` with the folder ``idx // 1000``."""
-    return f'{idx // 1000:05d}/img{idx:08d}.png'
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """uint8 [H, W], [H, W, 1] or [H, W, 3] → PNG bytes with ``compress_level=0`` (as upstream)."""
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    assert image.dtype == np.uint8 and (image.ndim == 2 or image.shape[2] == 3)
-    buf = io.BytesIO()
-    PIL.Image.fromarray(image, 'L' if image.ndim == 2 else 'RGB').save(buf, format='png', compress_level=0)
-    return buf.getvalue()
-
-
-def require_existing_paths(paths: Sequence[tuple[str, Optional[str]]]) -> None:
-    """One-line UserError for the first (flag, path) whose path does not exist. Dataset flags
-    (``--data``, ``--ref-data``) also accept the built-in dataset, ``builtin[:RES]``."""
-    from training import builtin_dataset
-    for flag, path in paths:
-        if path is None or os.path.exists(path):
-            continue
-        if flag in ('--data', '--ref-data') and builtin_dataset.parse_builtin_spec(path) is not None:
-            continue
-        raise UserError(f'{flag}={path}: no such file or folder')
-
-
-class DatasetWriter:
-    """Write a dataset (``.zip`` → ZIP_STORED archive, else a folder) atomically.
-
-    Everything goes to a hidden temporary file/folder next to ``dest`` and is renamed onto
-    ``dest`` by :meth:`commit` (called by ``__exit__`` on success); :meth:`abort` (or an
-    exception inside ``with``) removes it, so no partial dataset is ever left behind. ``dest``
-    must not exist (a folder may exist if empty) unless ``exist_ok`` (then it is replaced).
+    Item ``i`` is (uint8 [C, H, W], empty float32 label). Provides the whole
+    ``metrics.metric_utils.MetricDataset`` protocol (``has_labels`` is False).
     """
 
-    def __init__(self, dest: str, exist_ok: bool = False):
-        self.dest = os.path.normpath(os.fspath(dest))
-        self.is_zip = self.dest.lower().endswith('.zip')
-        self._check_dest(exist_ok)
-        self._created_dirs: list[str] = []
-        parent = os.path.dirname(os.path.abspath(self.dest))
-        self._make_parents(parent)
-        base = '.' + os.path.basename(self.dest) + '.'
-        if self.is_zip:
-            fd, self._tmp = tempfile.mkstemp(prefix=base, suffix='.tmp', dir=parent)
-            os.close(fd)
-            self._zip: Optional[zipfile.ZipFile] = zipfile.ZipFile(self._tmp, 'w', compression=zipfile.ZIP_STORED)
-        else:
-            self._tmp = tempfile.mkdtemp(prefix=base, suffix='.tmp', dir=parent)
-            self._zip = None
-        os.chmod(self._tmp, (0o777 if not self.is_zip else 0o666) & ~current_umask())
-        self._labels: list[tuple[str, LabelValue]] = []
-        self._done = False
-
-    def _check_dest(self, exist_ok: bool) -> None:
-        if exist_ok or not os.path.lexists(self.dest):
-            return
-        if os.path.isdir(self.dest) and not self.is_zip and not os.listdir(self.dest):
-            return
-        raise UserError(f'--dest {self.dest} already exists and is not empty; remove it or choose another path')
-
-    def _make_parents(self, parent: str) -> None:
-        missing = []
-        while not os.path.isdir(parent):
-            missing.append(parent)
-            parent = os.path.dirname(parent)
-        for d in reversed(missing):
-            os.mkdir(d)
-            self._created_dirs.append(d)
+    def __init__(self, path: str):
+        self._path = os.fspath(path)
+        self._source = open_image_source(self._path)
+        self._names = list(self._source.image_names)
+        if not self._names:
+            raise UserError(f'--gen-data={path}: no image files found')
 
     @property
-    def num_images(self) -> int:
-        return len(self._labels)
+    def path(self) -> str:
+        return self._path
 
-    def _write(self, name: str, data: bytes) -> None:
-        if self._zip is not None:
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_STORED
-            self._zip.writestr(info, data)
-        else:
-            path = os.path.join(self._tmp, name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, 'wb') as f:
-                f.write(data)
+    def __len__(self) -> int:
+        return len(self._names)
 
-    def add_image(self, image: np.ndarray, label: LabelValue = None) -> str:
-        """Append one uint8 HWC/HW image (and its label: class int, list of floats, or None); return its name."""
-        name = dataset_image_name(len(self._labels))
-        self._write(name, encode_png(image))
-        self._labels.append((name, label))
-        return name
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._source.load_image(self._names[idx]).transpose(2, 0, 1).copy(), self.get_label(idx)
 
-    def commit(self) -> None:
-        """Write ``dataset.json`` and move the result onto ``dest``."""
-        if any(label is None for _, label in self._labels) or not self._labels:
-            labels: Optional[list] = None
-        else:
-            labels = [[name, label] for name, label in self._labels]
-        self._write('dataset.json', json.dumps({'labels': labels}).encode('utf-8'))
-        if self._zip is not None:
-            self._zip.close()
-            self._zip = None
-            os.replace(self._tmp, self.dest)
-        else:
-            if os.path.isdir(self.dest) and not os.listdir(self.dest):
-                os.rmdir(self.dest)
-            elif os.path.lexists(self.dest):  # exist_ok: replace
-                shutil.rmtree(self.dest) if os.path.isdir(self.dest) else os.remove(self.dest)
-            os.rename(self._tmp, self.dest)
-        self._done = True
+    @property
+    def has_labels(self) -> bool:
+        return False
 
-    def abort(self) -> None:
-        """Remove everything written so far (and any parent folders this writer created)."""
-        if self._done:
-            return
-        if self._zip is not None:
-            self._zip.close()
-            self._zip = None
-        if os.path.isdir(self._tmp):
-            shutil.rmtree(self._tmp, ignore_errors=True)
-        elif os.path.exists(self._tmp):
-            os.remove(self._tmp)
-        for d in reversed(self._created_dirs):
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
-        self._done = True
+    @property
+    def label_dim(self) -> int:
+        return 0
 
-    def __enter__(self) -> 'DatasetWriter':
-        return self
+    def get_label(self, idx: int) -> np.ndarray:
+        return np.zeros([0], dtype=np.float32)
 
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if exc_type is None:
-            try:
-                self.commit()
-            except BaseException:
-                self.abort()
-                raise
-        else:
-            self.abort()
+    def content_digest(self) -> str:
+        return self._source.content_digest()
+
+    def close(self) -> None:
+        self._source.close()
 
 
-def iter_dataset_images(path: str) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (name, uint8 [H, W, C]) for every image of a folder/zip/``builtin`` in sorted order."""
-    with open_image_source(path) as src:
-        for name in src.image_names:
-            yield name, src.load_image(name)
+# ---------------------------------------------------------------------------------------------
+# dataset_kwargs: how callers name these classes to the metrics and the training loop.
+
+
+def image_folder_kwargs(path: str, **options: Any) -> dnnlib.EasyDict:
+    """``dataset_kwargs`` of an :class:`ImageFolderDataset`: ``class_name``, ``path`` and ``options``
+    (``resolution``, ``use_labels``, ``xflip``, ``max_size``, …)."""
+    return dnnlib.EasyDict(class_name=IMAGE_FOLDER_CLASS, path=path, **options)
+
+
+def reference_dataset_kwargs(path: Optional[str]) -> Optional[dnnlib.EasyDict]:
+    """``--ref-data``: the whole set, no mirroring; None when the flag is not given."""
+    if path is None:
+        return None
+    return image_folder_kwargs(path, max_size=None, xflip=False)
+
+
+def image_files_kwargs(path: Optional[str]) -> Optional[dnnlib.EasyDict]:
+    """``--gen-data``: an :class:`ImageFilesDataset`; None when the flag is not given."""
+    if path is None:
+        return None
+    return dnnlib.EasyDict(class_name=IMAGE_FILES_CLASS, path=path)

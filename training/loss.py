@@ -1,106 +1,47 @@
 """The StyleGAN2 loss: non-saturating logistic G/D losses, R1, path-length regularisation.
 
-Formulas and draw order: stylegan2-arithmetic.md §10 (verified against the reference there);
-phase structure and defaults: stylegan2-ada.md §4.
-
-Two hook points keep the paper methods out of this file:
-
-* ``reduce_generator_adv_loss`` — the **one place** where the per-sample G adversarial loss
-  ``softplus(-D(G(z)))`` becomes a scalar. By default the mean; ATop-k (``patches/atopk.py``)
-  replaces it by its top-k reduction (ATop-k Eq. 12).
-* ``discriminator_pass`` / ``discriminator_extra_loss`` — every D evaluation is labelled
-  (``dreal`` / ``dfake`` / ``gfake``) and D's extra loss terms for that pass are added in one
-  place. CHAIN (``patches/chain.py``) labels its statistics with it and contributes its 0MR term
-  (CHAIN §9.6). Real and fake batches are never concatenated into one D call.
-
-Statistics of real logits feed the overfitting controllers (ADA's p, ATop-k's p) through
-``real_sign_listeners``; CHAIN's controller reads ``take_dmain_real_logits()`` once per iteration.
+Formulas and draw order: docs/stylegan2-arithmetic.md §10; phase structure and defaults:
+docs/stylegan2-ada.md §4. The paper methods act only through the hooks of the base class
+(:class:`training.loss_base.GANLoss`): the G adversarial loss goes through
+``generator_adversarial_loss`` (ATop-k), every D evaluation through ``run_D`` in a labelled
+pass (CHAIN), and every real-logit tensor through ``observe_real_logits`` (ADA / ATop-k /
+CHAIN p). The class path ``training.loss.StyleGAN2Loss`` is kept for existing configs.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, ContextManager, Optional, Protocol
+from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from torch_utils import training_stats
+from training import losses
+from training.loss_base import PHASES, GANLoss, check_finite
 
-PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
-
-
-class RealLogitListener(Protocol):
-    """Anything that consumes the logits of real images (the overfitting heuristic r_t)."""
-
-    def accumulate(self, real_logits: torch.Tensor) -> None: ...
+__all__ = ['StyleGAN2Loss', 'PHASES']
 
 
-class Loss:
-    """Interface used by the training loop."""
-
-    def accumulate_gradients(self, phase: str, real_img: torch.Tensor, real_c: torch.Tensor,
-                             gen_z: torch.Tensor, gen_c: torch.Tensor, gain: float, cur_nimg: int) -> None:
-        raise NotImplementedError
-
-
-class StyleGAN2Loss(Loss):
-    """StyleGAN2 loss with lazy regularisation phases (stylegan2-arithmetic.md §10)."""
+class StyleGAN2Loss(GANLoss):
+    """StyleGAN2 loss with lazy regularisation phases (docs/stylegan2-arithmetic.md §10)."""
 
     def __init__(self, device: torch.device, G: torch.nn.Module, D: torch.nn.Module,
                  augment_pipe: Optional[torch.nn.Module] = None, style_mixing_prob: float = 0.9,
                  r1_gamma: float = 10, pl_batch_shrink: int = 2, pl_decay: float = 0.01, pl_weight: float = 2):
-        self.device = device
-        self.G = G
-        self.D = D
-        self.augment_pipe = augment_pipe
+        super().__init__(device, G, D, augment_pipe)
         self.style_mixing_prob = style_mixing_prob
         self.r1_gamma = r1_gamma
         self.pl_batch_shrink = pl_batch_shrink
         self.pl_decay = pl_decay
         self.pl_weight = pl_weight
         self.pl_mean = torch.zeros([], device=device)
-        #: Replaceable reduction of the per-sample G adversarial loss (ATop-k hooks in here).
-        self.generator_loss_reducer: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
-        #: Objects fed with every real-image logit tensor (ADA tracker, ATop-k's own tracker).
-        self.real_sign_listeners: list[RealLogitListener] = []
-        #: Context for labelled D passes and D's extra loss terms (CHAIN hooks in here).
-        self.d_pass_context: Optional[DiscriminatorPassContext] = None
-        self._dmain_real_logits: list[torch.Tensor] = []
         self._last_loss_Dgen: Optional[torch.Tensor] = None
 
-    # ------------------------------------------------------------------ hook points
+    def state_dict(self) -> dict[str, Any]:
+        return dict(pl_mean=self.pl_mean.detach().cpu().clone())
 
-    def reduce_generator_adv_loss(self, per_sample_loss: torch.Tensor, gen_logits: torch.Tensor) -> torch.Tensor:
-        """Scalar G adversarial loss from per-sample losses [N] and D scores [N, ...] (hook point)."""
-        if self.generator_loss_reducer is None:
-            return per_sample_loss.mean()
-        return self.generator_loss_reducer(per_sample_loss, gen_logits)
-
-    def discriminator_pass(self, label: str, r1_only: bool = False) -> ContextManager[Any]:
-        """Label one D evaluation: 'dreal', 'dfake' or 'gfake'; ``r1_only`` for the lazy R1 pass (hook point)."""
-        if self.d_pass_context is None:
-            return contextlib.nullcontext()
-        return self.d_pass_context.pass_(label, r1=r1_only)
-
-    def discriminator_extra_loss(self) -> Optional[torch.Tensor]:
-        """D's extra loss terms for the pass that just ran (hook point; e.g. CHAIN's 0MR)."""
-        if self.d_pass_context is None:
-            return None
-        return self.d_pass_context.extra_loss()
-
-    def take_dmain_real_logits(self) -> Optional[torch.Tensor]:
-        """Real logits of this iteration's Dmain pass(es), for per-iteration controllers."""
-        if not self._dmain_real_logits:
-            return None
-        logits = torch.cat(self._dmain_real_logits)
-        self._dmain_real_logits.clear()
-        return logits
-
-    def _report_extra(self, which: str, extra: torch.Tensor) -> None:
-        name = getattr(self.d_pass_context, 'extra_loss_name', 'Loss/D/extra')
-        training_stats.report(f'{name}/{which}', extra)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pl_mean.copy_(state['pl_mean'])
 
     # ------------------------------------------------------------------ networks
 
@@ -116,16 +57,6 @@ class StyleGAN2Loss(Loss):
             ws[:, cutoff:] = mixed[:, cutoff:]
         img = self.G.synthesis(ws)
         return img, ws
-
-    def run_D(self, img: torch.Tensor, c: torch.Tensor, label: str,
-              r1_only: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Augment, evaluate D in a labelled pass. Returns (logits, extra D loss or None)."""
-        if self.augment_pipe is not None:
-            img = self.augment_pipe(img)
-        with self.discriminator_pass(label, r1_only):
-            logits = self.D(img, c)
-            extra = self.discriminator_extra_loss()
-        return logits, extra
 
     # ------------------------------------------------------------------ phases
 
@@ -148,15 +79,12 @@ class StyleGAN2Loss(Loss):
             self._discriminator_real(real_img, real_c, gain, do_Dmain, do_Dr1, phase)
 
     def _generator_main(self, gen_z: torch.Tensor, gen_c: torch.Tensor, gain: float) -> None:
-        """L_G = E[softplus(-D(G(z)))] (non-saturating), reduced by the hook."""
+        """L_G = E[softplus(-D(G(z)))] (non-saturating), reduced by the ATop-k hook."""
         gen_img, _ = self.run_G(gen_z, gen_c)
         gen_logits, _ = self.run_D(gen_img, gen_c, 'gfake')
-        training_stats.report('Loss/scores/fake', gen_logits)
-        training_stats.report('Loss/signs/fake', gen_logits.sign())
-        per_sample = F.softplus(-gen_logits).flatten(1).mean(1) if gen_logits.ndim > 1 else F.softplus(-gen_logits)
-        training_stats.report('Loss/G/loss', per_sample)
-        loss = self.reduce_generator_adv_loss(per_sample, gen_logits.detach())
-        _check_finite('Gmain', 'Loss/G/loss', loss)
+        self.observe_fake_logits(gen_logits)
+        loss = self.generator_adversarial_loss(gen_logits, losses.ns_generator)
+        check_finite('Gmain', 'Loss/G/loss', loss)
         loss.mul(gain).backward()
 
     def _generator_path_length(self, gen_z: torch.Tensor, gen_c: torch.Tensor, gain: float) -> None:
@@ -173,7 +101,7 @@ class StyleGAN2Loss(Loss):
         loss_Gpl = pl_penalty * self.pl_weight
         training_stats.report('Loss/G/reg', loss_Gpl)
         total = (gen_img[:, 0, 0, 0] * 0 + loss_Gpl).mean()
-        _check_finite('Greg', 'Loss/G/reg', total)
+        check_finite('Greg', 'Loss/G/reg', total)
         total.mul(gain).backward()
 
     def _discriminator_fake(self, gen_z: torch.Tensor, gen_c: torch.Tensor, gain: float) -> None:
@@ -181,15 +109,11 @@ class StyleGAN2Loss(Loss):
         with torch.no_grad():
             gen_img, _ = self.run_G(gen_z, gen_c)
         gen_logits, extra = self.run_D(gen_img, gen_c, 'dfake')
-        training_stats.report('Loss/scores/fake', gen_logits)
-        training_stats.report('Loss/signs/fake', gen_logits.sign())
-        loss_Dgen = F.softplus(gen_logits)
+        self.observe_fake_logits(gen_logits)
+        loss_Dgen = losses.ns_discriminator_fake(gen_logits)
         self._last_loss_Dgen = loss_Dgen.detach()
-        loss = loss_Dgen.mean()
-        if extra is not None:
-            self._report_extra('fake', extra)
-            loss = loss + extra
-        _check_finite('Dmain', 'Loss/D/loss (fake)', loss)
+        loss = self.add_extra_loss(loss_Dgen.mean(), extra, 'fake')
+        check_finite('Dmain', 'Loss/D/loss (fake)', loss)
         loss.mul(gain).backward()
 
     def _discriminator_real(self, real_img: torch.Tensor, real_c: torch.Tensor, gain: float,
@@ -197,44 +121,22 @@ class StyleGAN2Loss(Loss):
         """Real half of L_D: E[softplus(−D(x))] and/or R1 = γ/2·|∇_x D(x)|² on un-augmented x."""
         real_img_tmp = real_img.detach().requires_grad_(do_Dr1)
         real_logits, extra = self.run_D(real_img_tmp, real_c, 'dreal', r1_only=not do_Dmain)
-        training_stats.report('Loss/scores/real', real_logits)
-        training_stats.report('Loss/signs/real', real_logits.sign())
-        for listener in self.real_sign_listeners:
-            listener.accumulate(real_logits.detach())
+        self.observe_real_logits(real_logits, main=do_Dmain)
 
         loss_Dreal = torch.zeros([], device=real_logits.device)
         if do_Dmain:
-            self._dmain_real_logits.append(real_logits.detach())
-            loss_Dreal = F.softplus(-real_logits)
+            loss_Dreal = losses.ns_discriminator_real(real_logits)
             if self._last_loss_Dgen is not None and self._last_loss_Dgen.shape == loss_Dreal.shape:
                 training_stats.report('Loss/D/loss', self._last_loss_Dgen + loss_Dreal.detach())
             self._last_loss_Dgen = None
         loss_Dr1 = torch.zeros([], device=real_logits.device)
         if do_Dr1:
-            r1_grads, = torch.autograd.grad(outputs=[real_logits.sum()], inputs=[real_img_tmp], create_graph=True)
-            r1_penalty = r1_grads.square().sum([1, 2, 3])
+            r1_penalty = losses.r1_penalty(real_img_tmp, real_logits)
             loss_Dr1 = r1_penalty * (self.r1_gamma / 2)
             training_stats.report('Loss/r1_penalty', r1_penalty)
             training_stats.report('Loss/D/reg', loss_Dr1)
         loss = (real_logits * 0 + loss_Dreal + loss_Dr1).mean()
-        if do_Dmain and extra is not None:  # the R1-only pass adds no extra D terms (CHAIN C4)
-            self._report_extra('real', extra)
-            loss = loss + extra
-        _check_finite(phase, 'Loss/D/loss (real)' if do_Dmain else 'Loss/D/reg', loss)
+        if do_Dmain:  # the R1-only pass adds no extra D terms (CHAIN C4)
+            loss = self.add_extra_loss(loss, extra, 'real')
+        check_finite(phase, 'Loss/D/loss (real)' if do_Dmain else 'Loss/D/reg', loss)
         loss.mul(gain).backward()
-
-
-class DiscriminatorPassContext(Protocol):
-    """What a D-side method (e.g. CHAIN's context) provides to the loss."""
-
-    def pass_(self, label: str, r1: bool = False) -> ContextManager[Any]: ...
-
-    def extra_loss(self) -> Optional[torch.Tensor]: ...
-
-
-def _check_finite(phase: str, name: str, loss: torch.Tensor) -> None:
-    """Stop on a NaN/inf loss before it reaches the optimiser (the loop adds the snapshot hint)."""
-    if not bool(torch.isfinite(loss.detach()).all()):
-        from torch_utils.misc import NonFiniteError
-        raise NonFiniteError(f'{name} is not finite in phase {phase}')
-

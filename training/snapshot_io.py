@@ -1,22 +1,28 @@
-"""Network snapshots that hold the whole training state, written atomically, loaded safely.
+"""Network snapshots: named modules and named states, written atomically, loaded safely.
 
-File: ``network-snapshot-<kimg:06d>.pt``, a dict of plain data and tensors (spec README,
-decision 4), loadable with ``torch.load(weights_only=True)``:
+File: ``network-snapshot-<kimg:06d>.pt``, a dict of plain data and tensors (docs/README.md
+decision 4), loadable with ``torch.load(weights_only=True)``. Format version 2:
 
 ========================  =====================================================================
 key                       content
 ========================  =====================================================================
-format, version           ``'degan-snapshot'``, 1
+format, version           ``'degan-snapshot'``, 2
+backbone                  the ``--backbone`` that wrote it (its registry name)
 training_set_kwargs       how the training set was opened (JSON-able)
-G, D, G_ema               ``{'class_name', 'init_kwargs', 'state_dict'}`` records
-augment_pipe              the same record for the augmentation pipe (holds ADA's p), or None
-training_state            everything ``--resume`` needs to continue exactly: counters, both
-                          optimisers, ``pl_mean``, controller states (ADA / ATop-k; CHAIN's
-                          live in D's buffers), and the RNG states of every rank
-metadata                  kimg, time of writing, world size, batch size
+modules                   ``{name: {'class_name', 'init_kwargs', 'state_dict'} or None}`` — every
+                          module of the run by name: 'G', 'D', 'G_ema', 'augment_pipe' and a
+                          backbone's extras (heads, D_ema, …)
+training_state            everything ``--resume`` needs to continue exactly: the counters,
+                          ``optimizers`` (``{name: state_dict}``), ``states`` (``{name: state}``:
+                          the loss', each controller's, a backbone's extras) and the RNG states
+                          of every rank
+metadata                  kimg, time of writing, world size
 ========================  =====================================================================
 
-Only rank 0 writes; the RNG states of all ranks are gathered to it first.
+Version-1 snapshots (StyleGAN2 only: G, D, G_ema, augment_pipe at the top level; ``pl_mean``
+and ``controllers`` in the training state) are read through :func:`upgrade_v1` and resume
+exactly. Only rank 0 writes; the RNG states of all ranks are gathered to it first. Nothing in
+this module knows an architecture: what to save comes from the backbone's ``TrainingSetup``.
 """
 
 from __future__ import annotations
@@ -27,8 +33,13 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+import backbones
 from dnnlib import util
 from torch_utils import distributed, misc, persistence
+
+VERSION = 2
+V1_MODULES = ('G', 'D', 'G_ema', 'augment_pipe')
+COUNTERS = ('cur_nimg', 'cur_tick', 'batch_idx', 'tick_start_nimg')
 
 
 def _gather_rng_states(num_gpus: int) -> list[dict[str, Any]]:
@@ -40,77 +51,134 @@ def _gather_rng_states(num_gpus: int) -> list[dict[str, Any]]:
     return gathered
 
 
-def _optimizers(phases: list) -> dict[str, torch.optim.Optimizer]:
-    """One optimiser per network: 'G' and 'D' (main and reg phases share it)."""
-    return {phase.name[0]: phase.opt for phase in phases}
-
-
-def save(path: str, *, training_set_kwargs: dict, G: torch.nn.Module, D: torch.nn.Module,
-         G_ema: torch.nn.Module, augment_pipe: Optional[torch.nn.Module], phases: list, loss: Any,
-         controllers: Any, state: dict, rank: int, num_gpus: int) -> None:
+def save(path: str, *, backbone: str, training_set_kwargs: dict, modules: dict[str, Optional[torch.nn.Module]],
+         optimizers: dict[str, torch.optim.Optimizer], states: dict[str, Any], counters: dict,
+         rank: int, num_gpus: int) -> None:
     """Write a complete snapshot (collective: every rank must call it; rank 0 writes)."""
     rng_states = _gather_rng_states(num_gpus)
     if rank != 0:
         return
     # Written during tick maintenance: a resumed run starts the *next* tick here.
     training_state = dict(
-        cur_nimg=int(state['cur_nimg']), cur_tick=int(state['cur_tick']) + 1, batch_idx=int(state['batch_idx']),
-        tick_start_nimg=int(state['cur_nimg']),
-        optimizers={name: opt.state_dict() for name, opt in _optimizers(phases).items()},
-        pl_mean=loss.pl_mean.detach().cpu().clone(),
-        controllers=controllers.state_dict(),
+        cur_nimg=int(counters['cur_nimg']), cur_tick=int(counters['cur_tick']) + 1,
+        batch_idx=int(counters['batch_idx']), tick_start_nimg=int(counters['cur_nimg']),
+        optimizers={name: opt.state_dict() for name, opt in optimizers.items()},
+        states={name: obj.state_dict() for name, obj in states.items()},
         rng=rng_states,
     )
     data = dict(
+        format=persistence.SNAPSHOT_FORMAT, version=VERSION, backbone=backbone,
         training_set_kwargs=util.to_jsonable(training_set_kwargs),
-        G=persistence.module_to_record(G),
-        D=persistence.module_to_record(D),
-        G_ema=persistence.module_to_record(G_ema),
-        augment_pipe=persistence.module_to_record(augment_pipe) if augment_pipe is not None else None,
+        modules={name: persistence.module_to_record(m) if m is not None else None for name, m in modules.items()},
         training_state=training_state,
-        metadata=dict(kimg=state['cur_nimg'] / 1000, written=time.strftime('%Y-%m-%d %H:%M:%S'),
+        metadata=dict(kimg=counters['cur_nimg'] / 1000, written=time.strftime('%Y-%m-%d %H:%M:%S'),
                       num_gpus=num_gpus),
     )
     persistence.save_snapshot(data, path)
 
 
-def restore(path: str, *, G: torch.nn.Module, D: torch.nn.Module, G_ema: torch.nn.Module,
-            augment_pipe: Optional[torch.nn.Module], phases: list, loss: Any, controllers: Any,
+def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 snapshot in the version-2 layout (the loss state is StyleGAN2's ``pl_mean``)."""
+    out = {k: v for k, v in data.items() if k not in V1_MODULES}
+    out.update(version=VERSION, backbone='stylegan2', modules={name: data.get(name) for name in V1_MODULES})
+    old = data.get('training_state')
+    if old is not None:
+        states: dict[str, Any] = {'loss': dict(pl_mean=old['pl_mean'])}
+        states.update({name: state for name, state in (old.get('controllers') or {}).items() if state is not None})
+        out['training_state'] = dict({k: old[k] for k in COUNTERS}, optimizers=old['optimizers'], states=states,
+                                     rng=old['rng'])
+    return out
+
+
+def read(path: str) -> dict[str, Any]:
+    """Load a snapshot safely (no code runs) in the current layout, whatever version wrote it."""
+    data = persistence.load_snapshot(path)
+    version = data.get('version', 1)
+    if version == 1:
+        return upgrade_v1(data)
+    if version != VERSION:
+        raise util.UserError(f'{path}: snapshot format version {version} is newer than this degan ({VERSION}); '
+                             'update degan to read it')
+    return data
+
+
+def restore(path: str, *, modules: dict[str, Optional[torch.nn.Module]], optional_modules: frozenset[str],
+            optimizers: dict[str, torch.optim.Optimizer], states: dict[str, Any], backbone: str,
             rank: int, num_gpus: int) -> Optional[dict[str, Any]]:
-    """Load weights (strictly) and, when present, the training state.
+    """Load every module (strictly) and, when present, the training state.
 
     Returns None for a weights-only snapshot, else the counters plus ``rng``: this rank's RNG
     states, which the caller restores at the very end of set-up (``misc.set_rng_state``).
     """
-    data = persistence.load_snapshot(path)
-    for name, module in (('G', G), ('D', D), ('G_ema', G_ema)):
-        _load_weights(path, name, data.get(name), module)
-    if augment_pipe is not None and data.get('augment_pipe') is not None:
-        _load_weights(path, 'augment_pipe', data['augment_pipe'], augment_pipe)
+    data = read(path)
+    if data.get('backbone', backbone) != backbone:
+        raise util.UserError(f'{path} was written by --backbone={data["backbone"]}; this run uses --backbone={backbone}')
+    saved_modules = data.get('modules') or {}
+    for name, module in modules.items():
+        if module is None:
+            continue
+        record = saved_modules.get(name)
+        if record is None:
+            if name in optional_modules:
+                continue
+            raise util.UserError(f'{path}: the snapshot holds no "{name}"')
+        _load_weights(path, name, record, module)
 
     training_state = data.get('training_state')
     if training_state is None:
         return None
-    for name, opt in _optimizers(phases).items():
+    for name, opt in optimizers.items():
+        if name not in training_state['optimizers']:
+            raise util.UserError(f'{path}: the snapshot holds no "{name}" optimiser state')
         opt.load_state_dict(training_state['optimizers'][name])
-    loss.pl_mean.copy_(training_state['pl_mean'])
-    controllers.load_state_dict(training_state['controllers'])
+    _load_states(path, states, training_state.get('states', {}))
     saved_world = len(training_state['rng'])
     if saved_world != num_gpus and rank == 0:
         print(f'Note: the snapshot was written by {saved_world} process(es), this run has {num_gpus}; '
               'training continues, but random draws will not repeat the original run exactly.')
     rng = training_state['rng'][rank] if rank < saved_world else None
-    return dict(cur_nimg=training_state['cur_nimg'], cur_tick=training_state['cur_tick'],
-                batch_idx=training_state['batch_idx'], tick_start_nimg=training_state['tick_start_nimg'], rng=rng)
+    return dict({k: training_state[k] for k in COUNTERS}, rng=rng)
 
 
-def _load_weights(path: str, name: str, record: Optional[dict], module: torch.nn.Module) -> None:
-    if record is None:
-        raise util.UserError(f'{path}: the snapshot holds no "{name}"')
+def _load_states(path: str, states: dict[str, Any], saved: dict[str, Any]) -> None:
+    for name, obj in states.items():
+        if name not in saved:
+            print(f'Note: the snapshot holds no {name} state; it starts fresh.')
+            continue
+        try:
+            obj.load_state_dict(saved[name])
+        except (ValueError, KeyError) as e:
+            raise util.UserError(f'{path}: cannot resume the {name} state: {e}') from None
+    for name in sorted(set(saved) - set(states)):
+        print(f'Note: the snapshot\'s {name} state is not used by this run.')
+
+
+def _load_weights(path: str, name: str, record: dict, module: torch.nn.Module) -> None:
     try:
         module.load_state_dict(record['state_dict'], strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise util.UserError(f'{path}: "{name}" does not match this run\'s network configuration '
-                             f'({first[0] if first else e}). Use the same --cfg/--cbase/--cmax/--map and '
+                             f'({first[0] if first else e}). Use the same --backbone, --cfg and network and '
                              f'method flags as the run that wrote it.') from None
+
+
+def load_module(path: str, name: str = 'G_ema', device: torch.device | str = 'cpu',
+                data: Optional[dict[str, Any]] = None) -> torch.nn.Module:
+    """Rebuild one module of a snapshot (eval mode, no gradients); its backbone's classes are
+    imported through the registry, never from a name in the file."""
+    data = read(path) if data is None else data
+    backbones.get(data.get('backbone', backbones.DEFAULT))  # registers the backbone's network classes
+    record = (data.get('modules') or {}).get(name)
+    if record is None:
+        raise util.UserError(f'{path}: the snapshot holds no "{name}" network')
+    return persistence.module_from_record(record, device=device).eval().requires_grad_(False)
+
+
+def load_generator(path: str, device: torch.device | str = 'cpu', *, noise_mode: str = 'const',
+                   truncation_psi: float = 1.0) -> tuple[Any, torch.nn.Module]:
+    """(sampler, G_ema) of a snapshot: the backbone's way of drawing images from its G_ema."""
+    data = read(path)
+    backbone = backbones.get(data.get('backbone', backbones.DEFAULT))
+    G = load_module(path, 'G_ema', device, data=data)
+    return backbone.sampler(G, noise_mode=noise_mode, truncation_psi=truncation_psi), G

@@ -1,118 +1,49 @@
-"""The training loop: phases, G_ema, ticks, status lines, grids, snapshots, metrics, resume.
+"""The training loop: one loop for every backbone — phases, G_ema, ticks, snapshots, resume.
 
-Structure and bookkeeping follow StyleGAN2-ADA (stylegan2-ada.md §5); the order of one
-iteration is methods.md §9.7: Gmain → Greg → Dmain → Dreg → G_ema → counters → controllers
-(CHAIN p every iteration, ADA / ATop-k p every 4, ATop-k k). Differences from upstream, all
-deliberate: snapshots are safe ``.pt`` files holding the *whole* training state, so
-``--resume`` continues exactly; gradients are averaged across ranks with one all-reduce per
-phase (no DDP wrapper, so double backward needs no special care); a NaN/inf loss stops the run
-with a message naming the phase and the last good snapshot; Ctrl-C finishes the current
-iteration and writes a final snapshot.
+The loop names no architecture: everything backbone-specific (networks, loss, phases and
+optimisers, EMA rule, sampling, extra modules and states) comes from the ``--backbone``'s
+:class:`backbones.base.TrainingSetup`; the paper methods act through the loss base class and
+the controller list (:mod:`training.controllers`). The order of one iteration is written down
+once, in docs/training.md §3, and is what :meth:`_Run.iteration` does:
+
+1. controllers' ``begin_iteration`` (pre-iteration hooks);
+2. the real batch, then the latents and labels of every phase (upstream's draw order);
+3. each due phase (e.g. Gmain → Greg → Dmain → Dreg): zero grads, accumulate over the rounds,
+   average over processes, optimiser step; after the first iteration in which every optimiser
+   stepped, the fail-loud check of every switched-on method (``ControllerList.verify_hooks``);
+4. the backbone's EMA rule updates G_ema;
+5. ``cur_nimg += batch``, ``batch_idx += 1``;
+6. controllers' ``end_iteration`` in their fixed order: CHAIN p → ADA p → backbone controllers
+   → ATop-k (p, then k).
+
+Bookkeeping follows StyleGAN2-ADA (docs/stylegan2-ada.md §5). Differences from upstream, all
+deliberate: snapshots are safe ``.pt`` files holding the *whole* training state (named modules
+and named states), so ``--resume`` continues exactly; gradients are averaged across ranks with
+one all-reduce per phase (no DDP wrapper, so double backward needs no special care); a NaN/inf
+loss stops the run with a message naming the phase and the last good snapshot; Ctrl-C
+finishes the current iteration and writes a final snapshot.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import os
+import random
 import signal
 import time
 from typing import Any, Callable, Optional
 
 import numpy as np
-import PIL.Image
-import psutil
 import torch
 
+import backbones
 import dnnlib
+from backbones.base import BuildContext, TrainingSetup
 from dnnlib import util
-from torch_utils import distributed, misc, persistence, training_stats
+from torch_utils import distributed, misc, training_stats
+from torch_utils.ops import _impl as ops_impl_lib
 from training import controllers as controllers_lib
-from training import snapshot_io
-
-# ---------------------------------------------------------------------------------------------
-# Image grids.
-
-
-def default_grid_size(resolution: int, device: torch.device) -> tuple[int, int]:
-    """Upstream's grid (≈ a 7680×4320 canvas, 7–32 × 4–32 cells) on GPUs; 8×8 on a CPU.
-
-    The 1024-image upstream grid costs minutes per snapshot on a CPU; 64 cells show the same.
-    """
-    if device.type != 'cuda':
-        return 8, 8
-    gw = int(np.clip(7680 // resolution, 7, 32))
-    gh = int(np.clip(4320 // resolution, 4, 32))
-    return gw, gh
-
-
-def setup_snapshot_image_grid(training_set: Any, grid_size: tuple[int, int], random_seed: int = 0):
-    """Pick reals for the grid (grouped by label when conditional). Returns (images, labels)."""
-    rnd = np.random.RandomState(random_seed)
-    gw, gh = grid_size
-    if not training_set.has_labels:
-        all_indices = list(range(len(training_set)))
-        rnd.shuffle(all_indices)
-        grid_indices = [all_indices[i % len(all_indices)] for i in range(gw * gh)]
-    else:
-        label_groups: dict[tuple, list[int]] = {}
-        for idx in range(len(training_set)):
-            label = tuple(training_set.get_details(idx).raw_label.flat[::-1])
-            label_groups.setdefault(label, []).append(idx)
-        label_order = sorted(label_groups.keys())
-        for label in label_order:
-            rnd.shuffle(label_groups[label])
-        grid_indices = []
-        for y in range(gh):
-            indices = label_groups[label_order[y % len(label_order)]]
-            grid_indices += [indices[x % len(indices)] for x in range(gw)]
-    images, labels = zip(*[training_set[i] for i in grid_indices])
-    return np.stack(images), np.stack(labels)
-
-
-def save_image_grid(img: np.ndarray, fname: str, drange: tuple[float, float], grid_size: tuple[int, int]) -> None:
-    """Tile an [N, C, H, W] batch into one PNG (written atomically)."""
-    lo, hi = drange
-    img = np.asarray(img, dtype=np.float32)
-    img = (img - lo) * (255 / (hi - lo))
-    img = np.rint(img).clip(0, 255).astype(np.uint8)
-    gw, gh = grid_size
-    _N, C, H, W = img.shape
-    img = img.reshape(gh, gw, C, H, W).transpose(0, 3, 1, 4, 2).reshape(gh * H, gw * W, C)
-    mode = 'L' if C == 1 else 'RGB'
-    with util.atomic_path(fname, suffix='.png') as tmp:
-        PIL.Image.fromarray(img[:, :, 0] if C == 1 else img, mode).save(tmp, format='PNG')
-
-
-@torch.no_grad()
-def generate_grid_images(G_ema: torch.nn.Module, grid_z: list[torch.Tensor], grid_c: list[torch.Tensor]) -> np.ndarray:
-    return torch.cat([G_ema(z=z, c=c, noise_mode='const').cpu() for z, c in zip(grid_z, grid_c)]).numpy()
-
-
-# ---------------------------------------------------------------------------------------------
-# Construction.
-
-
-def build_phases(G: torch.nn.Module, D: torch.nn.Module, G_opt_kwargs: dict, D_opt_kwargs: dict,
-                 G_reg_interval: Optional[int], D_reg_interval: Optional[int]) -> list[dnnlib.EasyDict]:
-    """Gmain/Greg/Dmain/Dreg (or Gboth/Dboth) with lazy-regularisation lr and beta rescaling."""
-    phases = []
-    for name, module, opt_kwargs, reg_interval in [('G', G, G_opt_kwargs, G_reg_interval),
-                                                   ('D', D, D_opt_kwargs, D_reg_interval)]:
-        opt_kwargs = dnnlib.EasyDict(opt_kwargs)
-        opt_kwargs.pop('class_name', None)
-        params = [p for p in module.parameters()]
-        if reg_interval is None:
-            opt = torch.optim.Adam(params, **opt_kwargs)
-            phases.append(dnnlib.EasyDict(name=name + 'both', module=module, opt=opt, interval=1))
-        else:
-            mb_ratio = reg_interval / (reg_interval + 1)
-            opt_kwargs.lr = opt_kwargs.lr * mb_ratio
-            opt_kwargs.betas = [beta ** mb_ratio for beta in opt_kwargs.betas]
-            opt = torch.optim.Adam(params, **opt_kwargs)
-            phases.append(dnnlib.EasyDict(name=name + 'main', module=module, opt=opt, interval=1))
-            phases.append(dnnlib.EasyDict(name=name + 'reg', module=module, opt=opt, interval=reg_interval))
-    return phases
+from training import image_grid, reporting, snapshot_io
+from training.phases import Phase
 
 
 def make_data_iterator(training_set: Any, rank: int, num_gpus: int, seed: int, start_index: int,
@@ -162,32 +93,6 @@ def average_gradients(module: torch.nn.Module, num_gpus: int) -> list[torch.nn.P
     return params
 
 
-@torch.no_grad()
-def update_ema(G: torch.nn.Module, G_ema: torch.nn.Module, cur_nimg: int, batch_size: int,
-               ema_kimg: float, ema_rampup: Optional[float]) -> None:
-    """G_ema ← lerp(G, G_ema, β), β = 0.5^(batch / ema_nimg) with optional ramp-up (§10)."""
-    ema_nimg = ema_kimg * 1000
-    if ema_rampup is not None:
-        ema_nimg = min(ema_nimg, cur_nimg * ema_rampup)
-    ema_beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))
-    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-        p_ema.copy_(p.lerp(p_ema, ema_beta))
-    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
-        b_ema.copy_(b)
-
-
-def print_network_summaries(G: torch.nn.Module, D: torch.nn.Module, batch_gpu: int, dev: torch.device) -> None:
-    """Upstream's module tables, leaving every buffer (w_avg, CHAIN statistics) as it was."""
-    saved = [copy.deepcopy(module.state_dict()) for module in (G, D)]
-    z = torch.zeros([batch_gpu, G.z_dim], device=dev)
-    c = torch.zeros([batch_gpu, G.c_dim], device=dev)
-    img = misc.print_module_summary(G, [z, c])
-    misc.print_module_summary(D, [img, c])
-    for module, state_dict in zip((G, D), saved):
-        module.load_state_dict(state_dict)
-    training_stats.reset()
-
-
 class StopRequest:
     """Ctrl-C handling: the first SIGINT asks for a clean stop after the current iteration."""
 
@@ -226,328 +131,272 @@ class StopRequest:
 
 
 def training_loop(
-    run_dir: str = '.',
-    training_set_kwargs: dict = {},
-    data_loader_kwargs: dict = {},
-    G_kwargs: dict = {},
-    D_kwargs: dict = {},
-    G_opt_kwargs: dict = {},
-    D_opt_kwargs: dict = {},
-    augment_kwargs: Optional[dict] = None,
-    loss_kwargs: dict = {},
-    metrics: list[str] = [],
-    metric_kwargs: dict = {},
-    random_seed: int = 0,
-    num_gpus: int = 1,
-    rank: int = 0,
-    batch_size: int = 4,
-    batch_gpu: int = 4,
-    ema_kimg: float = 10,
-    ema_rampup: Optional[float] = 0.05,
-    G_reg_interval: Optional[int] = 4,
-    D_reg_interval: Optional[int] = 16,
-    augment_p: float = 0,
-    ada_target: Optional[float] = None,
-    ada_interval: int = 4,
-    ada_kimg: float = 500,
-    atopk_kwargs: Optional[dict] = None,
-    chain_kwargs: Optional[dict] = None,
-    total_kimg: float = 25000,
-    kimg_per_tick: float = 4,
-    image_snapshot_ticks: Optional[int] = 50,
-    network_snapshot_ticks: Optional[int] = 50,
-    grid_size: Optional[tuple[int, int]] = None,
-    resume_pkl: Optional[str] = None,
-    cudnn_benchmark: bool = True,
-    allow_tf32: bool = False,
-    device: Optional[str] = None,
-    ops_impl: str = 'auto',
-    abort_fn: Optional[Callable[[], bool]] = None,
-    progress_fn: Optional[Callable[[int, int], None]] = None,
-    **_unused: Any,
+    run_dir: str = '.',                          # Output directory.
+    training_set_kwargs: dict = {},              # Options of the training set (class_name + kwargs).
+    data_loader_kwargs: dict = {},               # Options of torch.utils.data.DataLoader.
+    backbone: str = backbones.DEFAULT,           # Registry name of the backbone.
+    backbone_kwargs: dict = {},                  # The backbone's plain config (its ``configure`` output).
+    augment_kwargs: Optional[dict] = None,       # D augmentation pipe (ADA / DiffAugment), None = off.
+    augment_p: float = 0,                        # Initial value of the augmentation probability.
+    ada_target: Optional[float] = None,          # ADA target value; None = p not adapted.
+    ada_interval: int = 4,                       # How often ADA's p is adjusted (iterations).
+    ada_kimg: float = 500,                       # ADA's p can go 0 → 1 in this many kimg.
+    atopk_kwargs: Optional[dict] = None,         # ATop-k settings (patches/atopk.py), None = off.
+    chain_kwargs: Optional[dict] = None,         # CHAIN settings as requested (the backbone placed the layers).
+    metrics: list[str] = [],                     # Metrics to evaluate at each network snapshot.
+    metric_kwargs: dict = {},                    # Options of metric_main.calc_metric (weights, --ref-data).
+    random_seed: int = 0,                        # Global random seed.
+    num_gpus: int = 1,                           # Number of processes.
+    rank: int = 0,                               # Rank of this process.
+    batch_size: int = 4,                         # Global batch (all processes).
+    batch_gpu: int = 4,                          # Samples per process per accumulation round.
+    total_kimg: float = 25000,                   # Length of the run.
+    kimg_per_tick: float = 4,                    # Progress-report interval.
+    image_snapshot_ticks: Optional[int] = 50,    # Image-grid interval (ticks), None = off.
+    network_snapshot_ticks: Optional[int] = 50,  # Snapshot interval (ticks), None = off.
+    grid_size: Optional[tuple[int, int]] = None,  # Image grid (columns, rows); None = default.
+    resume_pkl: Optional[str] = None,            # Snapshot to resume from.
+    cudnn_benchmark: bool = True,                # torch.backends.cudnn.benchmark.
+    allow_tf32: bool = False,                    # TF32 in matmul and convolutions.
+    device: Optional[str] = None,                # 'cpu', 'cuda' (the rank's GPU) or None = auto.
+    ops_impl: str = 'auto',                      # Custom ops: 'ref', 'cuda' or 'auto'.
+    abort_fn: Optional[Callable[[], bool]] = None,            # Called each iteration; True stops.
+    progress_fn: Optional[Callable[[int, int], None]] = None,  # Called at each tick with (kimg, total).
 ) -> dict[str, Any]:
-    """Train G and D; returns a summary (cur_nimg, last_snapshot, stop_reason) and the networks."""
-    from torch_utils.ops import _impl as ops_impl_lib
-    from training import augment as augment_lib
-
-    # -------------------------------------------------------------- initialise
-    start_time = time.time()
-    dev = torch.device(device) if device else (torch.device('cuda', rank) if torch.cuda.is_available() else torch.device('cpu'))
-    if dev.type == 'cuda':
-        torch.cuda.set_device(dev)
-    np.random.seed(random_seed * num_gpus + rank)
-    torch.manual_seed(random_seed * num_gpus + rank)
-    import random as _random
-    _random.seed(random_seed * num_gpus + rank)
-    torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
-    ops_impl_lib.set_default_impl(ops_impl)
-    training_stats.init_multiprocessing(sync_device=dev if dev.type == 'cuda' else None)
-    log = print if rank == 0 else (lambda *a, **k: None)
-
-    log('Loading training set...')
-    training_set = dnnlib.util.construct_class_by_name(**training_set_kwargs)
-    log(f'Num images: {len(training_set)}  Image shape: {training_set.image_shape}  Label shape: {training_set.label_shape}')
-
-    log('Constructing networks...')
-    common_kwargs = dict(c_dim=training_set.label_dim, img_resolution=training_set.resolution,
-                         img_channels=training_set.num_channels)
-    G = dnnlib.util.construct_class_by_name(**G_kwargs, **common_kwargs).train().requires_grad_(False).to(dev)
-    D = dnnlib.util.construct_class_by_name(**D_kwargs, **common_kwargs).train().requires_grad_(False).to(dev)
-    G_ema = copy.deepcopy(G).eval()
-
-    augment_pipe = None
-    if augment_kwargs is not None:
-        augment_pipe = dnnlib.util.construct_class_by_name(**augment_kwargs).train().requires_grad_(False).to(dev)
-        if hasattr(augment_pipe, 'p'):
-            augment_pipe.p.copy_(torch.as_tensor(augment_p))
-
-    loss = dnnlib.util.construct_class_by_name(device=dev, G=G, D=D, augment_pipe=augment_pipe, **loss_kwargs)
-    phases = build_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval, D_reg_interval)
-    ctl = controllers_lib.Controllers.build(
-        loss=loss, D=D, augment_pipe=augment_pipe, batch_size=batch_size, random_seed=random_seed,
-        ada_target=ada_target, ada_interval=ada_interval, ada_kimg=ada_kimg,
-        atopk_kwargs=atopk_kwargs, chain_kwargs=chain_kwargs)
-
-    if rank == 0:
-        print_network_summaries(G, D, batch_gpu, dev)
-
-    state = dnnlib.EasyDict(cur_nimg=0, cur_tick=0, batch_idx=0, tick_start_nimg=0)
-    resume_rng = None
-    last_snapshot: Optional[str] = None
-    if resume_pkl is not None:
-        log(f'Resuming from "{resume_pkl}"')
-        resumed = snapshot_io.restore(resume_pkl, G=G, D=D, G_ema=G_ema, augment_pipe=augment_pipe,
-                                      phases=phases, loss=loss, controllers=ctl, rank=rank, num_gpus=num_gpus)
-        if resumed is not None:
-            resume_rng = resumed.pop('rng')
-            state.update(resumed)
-            log(f'Continuing exactly at kimg {state.cur_nimg / 1000:.1f}, tick {state.cur_tick}')
-        else:
-            log('The snapshot holds weights only: training state starts fresh.')
-        last_snapshot = resume_pkl
-    distributed.broadcast_module_(G)
-    distributed.broadcast_module_(D)
-    distributed.broadcast_module_(G_ema)
+    """Train; returns a summary (cur_nimg, last_snapshot, stop_reason) and the modules (G, D, G_ema, …)."""
+    run = _Run(locals())
+    return run.train()
 
 
-    batch_per_gpu = batch_size // num_gpus
-    data_iter = make_data_iterator(training_set, rank, num_gpus, random_seed, state.batch_idx * batch_size,
-                                   batch_per_gpu, data_loader_kwargs)
+class _Run:
+    """One training run: set-up, the iteration of docs/training.md §3, tick maintenance."""
 
-    grid_size = tuple(grid_size) if grid_size else default_grid_size(training_set.resolution, dev)
-    grid_z = grid_c = None
-    if rank == 0:
-        log('Exporting sample images...')
-        grid_rng = torch.Generator().manual_seed(random_seed)
-        images, labels = setup_snapshot_image_grid(training_set, grid_size, random_seed)
-        save_image_grid(images, os.path.join(run_dir, 'reals.png'), drange=(0, 255), grid_size=grid_size)
-        grid_z = torch.randn([labels.shape[0], G.z_dim], generator=grid_rng).to(dev).split(batch_gpu)
-        grid_c = torch.from_numpy(labels).to(dev).split(batch_gpu)
-        if state.cur_nimg == 0:
-            save_image_grid(generate_grid_images(G_ema, grid_z, grid_c), os.path.join(run_dir, 'fakes_init.png'),
-                            drange=(-1, 1), grid_size=grid_size)
+    def __init__(self, options: dict[str, Any]):
+        self.o = dnnlib.EasyDict(options)
+        self.start_time = time.time()
+        self.dev = self._initialise_process()
+        self.log = print if self.o.rank == 0 else (lambda *a, **k: None)
 
-    if resume_rng is not None:  # restore RNG last: set-up above drew random numbers
-        misc.set_rng_state(resume_rng)
+        self.log('Loading training set...')
+        self.training_set = dnnlib.util.construct_class_by_name(**self.o.training_set_kwargs)
+        self.log(f'Num images: {len(self.training_set)}  Image shape: {self.training_set.image_shape}  '
+                 f'Label shape: {self.training_set.label_shape}')
 
-    writer = StatsWriter(run_dir) if rank == 0 else None
-    stats_collector = training_stats.Collector(regex='.*')
-    metric_runner = MetricRunner(metrics, metric_kwargs, training_set_kwargs, num_gpus, rank, dev, run_dir)
+        self.log('Constructing networks...')
+        self.backbone = backbones.get(self.o.backbone)
+        self.setup: TrainingSetup = self.backbone.build(BuildContext(
+            kwargs=self.o.backbone_kwargs, device=self.dev, c_dim=self.training_set.label_dim,
+            img_resolution=self.training_set.resolution, img_channels=self.training_set.num_channels,
+            batch_size=self.o.batch_size, batch_gpu=self.o.batch_gpu, num_gpus=self.o.num_gpus,
+            random_seed=self.o.random_seed, augment_kwargs=self.o.augment_kwargs, augment_p=self.o.augment_p))
+        self.ctl = controllers_lib.build_controllers(
+            loss=self.setup.loss, chain_ctx=self.backbone.chain_context(self.setup),
+            augment_pipe=self.setup.augment_pipe, batch_size=self.o.batch_size, ada_target=self.o.ada_target,
+            ada_interval=self.o.ada_interval, ada_kimg=self.o.ada_kimg, atopk_kwargs=self.o.atopk_kwargs,
+            backbone_controllers=self.setup.controllers, backbone=self.backbone.name,
+            chain_enabled=self.o.chain_kwargs is not None)
+        if self.o.rank == 0:
+            self.backbone.print_summaries(self.setup, self.o.batch_gpu, self.dev)
 
-    log(f'Training for {total_kimg} kimg...\n')
-    tick_start_time = time.time()
-    maintenance_time = tick_start_time - start_time
-    phase_times = {phase.name: 0.0 for phase in phases}
-    if progress_fn is not None:
-        progress_fn(state.cur_nimg // 1000, int(total_kimg))
+        self.state = dnnlib.EasyDict(cur_nimg=0, cur_tick=0, batch_idx=0, tick_start_nimg=0)
+        self.last_snapshot: Optional[str] = None
+        resume_rng = self._resume()
+        for module in self.setup.modules.values():
+            if module is not None:
+                distributed.broadcast_module_(module)
+        self.data_iter = make_data_iterator(self.training_set, self.o.rank, self.o.num_gpus, self.o.random_seed,
+                                            self.state.batch_idx * self.o.batch_size,
+                                            self.o.batch_size // self.o.num_gpus, self.o.data_loader_kwargs)
+        self._export_initial_grids()
+        if resume_rng is not None:  # restore RNG last: set-up above drew random numbers
+            misc.set_rng_state(resume_rng)
+        self.unverified_optimizers = set(self.setup.optimizers)
 
-    stop_reason = 'done'
-    with StopRequest() as stop:
-        while True:
-            # ---------------------------------------------------------- one iteration
-            real_img, real_c = next_batch(data_iter)
-            real_img = (real_img.to(dev).to(torch.float32) / 127.5 - 1).split(batch_gpu)
-            real_c = real_c.to(dev).split(batch_gpu)
-            all_gen_z, all_gen_c = draw_generator_inputs(training_set, len(phases), batch_size, batch_gpu, G.z_dim, dev)
+    # ------------------------------------------------------------------ set-up
 
-            for phase, phase_gen_z, phase_gen_c in zip(phases, all_gen_z, all_gen_c):
-                if state.batch_idx % phase.interval != 0:
-                    continue
-                t0 = time.perf_counter()
-                phase.module.requires_grad_(True)
-                phase.opt.zero_grad(set_to_none=True)
-                try:
-                    for r_img, r_c, g_z, g_c in zip(real_img, real_c, phase_gen_z, phase_gen_c):
-                        loss.accumulate_gradients(phase=phase.name, real_img=r_img, real_c=r_c, gen_z=g_z,
-                                                  gen_c=g_c, gain=phase.interval, cur_nimg=state.cur_nimg)
-                except misc.NonFiniteError as e:
-                    raise misc.NonFiniteError(
-                        f'{e} at kimg {state.cur_nimg / 1000:.3f} (iteration {state.batch_idx}). Training stopped '
-                        f'before the optimiser step. Last good snapshot: {last_snapshot or "none yet"}. '
-                        f'Try a lower learning rate (--glr/--dlr) or a different --gamma, and --resume from it.') from None
-                phase.module.requires_grad_(False)
-                average_gradients(phase.module, num_gpus)
-                phase.opt.step()
-                if dev.type == 'cuda':
-                    torch.cuda.synchronize(dev)
-                phase_times[phase.name] += time.perf_counter() - t0
+    def _initialise_process(self) -> torch.device:
+        o = self.o
+        dev = torch.device(o.device) if o.device else (
+            torch.device('cuda', o.rank) if torch.cuda.is_available() else torch.device('cpu'))
+        if dev.type == 'cuda':
+            torch.cuda.set_device(dev)
+        seed = o.random_seed * o.num_gpus + o.rank
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        torch.backends.cudnn.benchmark = o.cudnn_benchmark
+        torch.backends.cuda.matmul.allow_tf32 = o.allow_tf32
+        torch.backends.cudnn.allow_tf32 = o.allow_tf32
+        ops_impl_lib.set_default_impl(o.ops_impl)
+        training_stats.init_multiprocessing(sync_device=dev if dev.type == 'cuda' else None)
+        return dev
 
-            update_ema(G, G_ema, state.cur_nimg, batch_size, ema_kimg, ema_rampup)
-            state.cur_nimg += batch_size
-            state.batch_idx += 1
-            ctl.end_iteration(batch_idx=state.batch_idx, cur_nimg=state.cur_nimg, dataset_size=len(training_set))
+    def _named_states(self) -> dict[str, Any]:
+        states = dict(self.setup.states)
+        for name, controller in self.ctl.states().items():
+            if name in states:
+                raise ValueError(f'state name "{name}" is used by the backbone and by a controller')
+            states[name] = controller
+        return states
 
-            # ---------------------------------------------------------- tick?
-            done = state.cur_nimg >= total_kimg * 1000
-            if stop.agreed(dev):
-                done, stop_reason = True, 'interrupted'
-            if abort_fn is not None and abort_fn():
-                done, stop_reason = True, 'aborted'
-            if not done and state.cur_tick != 0 and state.cur_nimg < state.tick_start_nimg + kimg_per_tick * 1000:
-                continue
+    def _resume(self) -> Optional[dict]:
+        if self.o.resume_pkl is None:
+            return None
+        self.log(f'Resuming from "{self.o.resume_pkl}"')
+        resumed = snapshot_io.restore(
+            self.o.resume_pkl, modules=self.setup.modules, optional_modules=self.setup.optional_modules,
+            optimizers=self.setup.optimizers, states=self._named_states(), backbone=self.backbone.name,
+            rank=self.o.rank, num_gpus=self.o.num_gpus)
+        self.last_snapshot = self.o.resume_pkl
+        if resumed is None:
+            self.log('The snapshot holds weights only: training state starts fresh.')
+            return None
+        rng = resumed.pop('rng')
+        self.state.update(resumed)
+        self.log(f'Continuing exactly at kimg {self.state.cur_nimg / 1000:.1f}, tick {self.state.cur_tick}')
+        return rng
 
-            # ---------------------------------------------------------- tick maintenance
-            tick_end_time = time.time()
-            for name, seconds in phase_times.items():
-                training_stats.report0(f'Timing/{name}', seconds)
-                phase_times[name] = 0.0
-            fields = status_fields(state, start_time, tick_start_time, tick_end_time, maintenance_time, dev,
-                                   augment_pipe, ctl)
-            log(' '.join(fields))
-            if dev.type == 'cuda':
-                torch.cuda.reset_peak_memory_stats(dev)
-
-            if rank == 0 and image_snapshot_ticks is not None and (done or state.cur_tick % image_snapshot_ticks == 0):
-                images = generate_grid_images(G_ema, grid_z, grid_c)
-                save_image_grid(images, os.path.join(run_dir, f'fakes{state.cur_nimg // 1000:06d}.png'),
-                                drange=(-1, 1), grid_size=grid_size)
-
-            snapshot_path = None
-            if network_snapshot_ticks is not None and (done or state.cur_tick % network_snapshot_ticks == 0):
-                snapshot_path = os.path.join(run_dir, f'network-snapshot-{state.cur_nimg // 1000:06d}.pt')
-                snapshot_io.save(snapshot_path, training_set_kwargs=training_set_kwargs, G=G, D=D, G_ema=G_ema,
-                                 augment_pipe=augment_pipe, phases=phases, loss=loss, controllers=ctl,
-                                 state=state, rank=rank, num_gpus=num_gpus)
-                last_snapshot = snapshot_path
-                metric_runner.run(G_ema, snapshot_path)
-
-            stats_collector.update()
-            stats = stats_collector.as_dict()
-            ctl.add_derived_stats(stats)
-            if writer is not None:
-                writer.write(stats, state.cur_nimg, metric_runner.take_results())
-                ctl.flush_trace(run_dir)
-            else:
-                ctl.flush_trace(None)
-            if progress_fn is not None:
-                progress_fn(state.cur_nimg // 1000, int(total_kimg))
-
-            state.cur_tick += 1
-            state.tick_start_nimg = state.cur_nimg
-            tick_start_time = time.time()
-            maintenance_time = tick_start_time - tick_end_time
-            if done:
-                break
-
-    if writer is not None:
-        writer.close()
-    distributed.barrier()  # every rank leaves together (rank 0 may still be writing files)
-    log(f'\nExiting ({stop_reason}). Last snapshot: {last_snapshot}')
-    return dict(cur_nimg=state.cur_nimg, last_snapshot=last_snapshot, stop_reason=stop_reason, G=G, D=D, G_ema=G_ema)
-
-
-def status_fields(state: dnnlib.EasyDict, start_time: float, tick_start_time: float, tick_end_time: float,
-                  maintenance_time: float, dev: torch.device, augment_pipe: Optional[torch.nn.Module],
-                  ctl: 'controllers_lib.Controllers') -> list[str]:
-    """Upstream's status-line fields (+ ATop-k k/p and CHAIN p when enabled), reported as stats too."""
-    tick_kimg = (state.cur_nimg - state.tick_start_nimg) / 1000
-    sec_per_tick = tick_end_time - tick_start_time
-    sec_per_kimg = sec_per_tick / max(tick_kimg, 1e-8)
-    total_sec = tick_end_time - start_time
-    cpu_mem = psutil.Process(os.getpid()).memory_info().rss / 2**30
-    gpu_mem = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == 'cuda' else 0.0
-    report0 = training_stats.report0
-    fields = [
-        f"tick {report0('Progress/tick', state.cur_tick):<5d}",
-        f"kimg {report0('Progress/kimg', state.cur_nimg / 1e3):<8.1f}",
-        f"time {util.format_time(report0('Timing/total_sec', total_sec)):<12s}",
-        f"sec/tick {report0('Timing/sec_per_tick', sec_per_tick):<7.1f}",
-        f"sec/kimg {report0('Timing/sec_per_kimg', sec_per_kimg):<7.2f}",
-        f"maintenance {report0('Timing/maintenance_sec', maintenance_time):<6.1f}",
-        f"cpumem {report0('Resources/cpu_mem_gb', cpu_mem):<6.2f}",
-        f"gpumem {report0('Resources/peak_gpu_mem_gb', gpu_mem):<6.2f}",
-    ]
-    report0('Timing/total_hours', total_sec / 3600)
-    report0('Timing/total_days', total_sec / 86400)
-    if augment_pipe is not None and hasattr(augment_pipe, 'p'):
-        fields.append(f"augment {report0('Progress/augment', float(augment_pipe.p.cpu())):.3f}")
-    fields += ctl.status_fields()
-    return fields
-
-
-class StatsWriter:
-    """``stats.jsonl`` lines ({name: {num, mean, std}, ..., timestamp}) and optional TensorBoard."""
-
-    def __init__(self, run_dir: str):
-        self.stats_jsonl = open(os.path.join(run_dir, 'stats.jsonl'), 'at', encoding='utf-8')
-        self.tfevents = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # optional dependency
-            self.tfevents = SummaryWriter(run_dir)
-        except Exception:  # noqa: BLE001 - tensorboard is optional
-            print('Skipping tfevents export: install the "tensorboard" package to enable it.')
-
-    def write(self, stats: dict, cur_nimg: int, metric_results: list[dict]) -> None:
-        timestamp = time.time()
-        self.stats_jsonl.write(json.dumps(dict(stats, timestamp=timestamp)) + '\n')
-        self.stats_jsonl.flush()
-        if self.tfevents is not None:
-            global_step = int(cur_nimg / 1e3)
-            walltime = timestamp
-            for name, value in stats.items():
-                self.tfevents.add_scalar(name, value['mean'], global_step=global_step, walltime=walltime)
-            for result in metric_results:
-                for name, value in result['results'].items():
-                    self.tfevents.add_scalar(f'Metrics/{name}', value, global_step=global_step, walltime=walltime)
-            self.tfevents.flush()
-
-    def close(self) -> None:
-        self.stats_jsonl.close()
-        if self.tfevents is not None:
-            self.tfevents.close()
-
-
-class MetricRunner:
-    """Evaluates the requested metrics on each network snapshot and keeps ``best.json`` current."""
-
-    def __init__(self, metrics: list[str], metric_kwargs: dict, dataset_kwargs: dict, num_gpus: int,
-                 rank: int, device: torch.device, run_dir: str):
-        self.metrics = list(metrics)
-        self.metric_kwargs = dict(metric_kwargs)
-        self.dataset_kwargs = dataset_kwargs
-        self.num_gpus = num_gpus
-        self.rank = rank
-        self.device = device
-        self.run_dir = run_dir
-        self._results: list[dict] = []
-
-    def run(self, G_ema: torch.nn.Module, snapshot_path: str) -> None:
-        if not self.metrics:
+    def _export_initial_grids(self) -> None:
+        o = self.o
+        self.grid_size = tuple(o.grid_size) if o.grid_size else image_grid.default_grid_size(
+            self.training_set.resolution, self.dev)
+        self.grid_sampler = self.backbone.sampler(self.setup.G_ema, noise_mode='const')
+        self.grid_z = self.grid_c = None
+        if o.rank != 0:
             return
-        from metrics import metric_main
-        if self.rank == 0:
-            print(f'Evaluating metrics {", ".join(self.metrics)}...')
-        for metric in self.metrics:
-            result = metric_main.calc_metric(metric=metric, G=G_ema, dataset_kwargs=self.dataset_kwargs,
-                                             num_gpus=self.num_gpus, rank=self.rank, device=self.device,
-                                             **self.metric_kwargs)
-            if self.rank == 0:
-                metric_main.report_metric(result, run_dir=self.run_dir, snapshot_pkl=snapshot_path)
-                metric_main.update_best(self.run_dir, result, snapshot_path)
-            self._results.append(result)
+        self.log('Exporting sample images...')
+        grid_rng = torch.Generator().manual_seed(o.random_seed)
+        images, labels = image_grid.setup_snapshot_image_grid(self.training_set, self.grid_size, o.random_seed)
+        image_grid.save_image_grid(images, os.path.join(o.run_dir, 'reals.png'), drange=(0, 255),
+                                   grid_size=self.grid_size)
+        self.grid_z = torch.randn([labels.shape[0], self.grid_sampler.z_dim], generator=grid_rng).to(self.dev)
+        self.grid_z = self.grid_z.split(o.batch_gpu)
+        self.grid_c = torch.from_numpy(labels).to(self.dev).split(o.batch_gpu)
+        if self.state.cur_nimg == 0:
+            self._save_fakes('fakes_init.png')
 
-    def take_results(self) -> list[dict]:
-        results, self._results = self._results, []
-        return results
+    def _save_fakes(self, name: str) -> None:
+        images = image_grid.generate_grid_images(self.grid_sampler, self.grid_z, self.grid_c)
+        image_grid.save_image_grid(images, os.path.join(self.o.run_dir, name), drange=(-1, 1),
+                                   grid_size=self.grid_size)
+
+    # ------------------------------------------------------------------ one iteration (docs/training.md §3)
+
+    def iteration(self) -> None:
+        o, state, setup = self.o, self.state, self.setup
+        self.ctl.begin_iteration(state.batch_idx, state.cur_nimg, len(self.training_set))
+        real_img, real_c = next_batch(self.data_iter)
+        real_img = (real_img.to(self.dev).to(torch.float32) / 127.5 - 1).split(o.batch_gpu)
+        real_c = real_c.to(self.dev).split(o.batch_gpu)
+        all_gen_z, all_gen_c = draw_generator_inputs(self.training_set, len(setup.phases), o.batch_size,
+                                                     o.batch_gpu, setup.G.z_dim, self.dev)
+        for phase, phase_gen_z, phase_gen_c in zip(setup.phases, all_gen_z, all_gen_c):
+            if state.batch_idx % phase.interval == 0:
+                self._run_phase(phase, real_img, real_c, phase_gen_z, phase_gen_c)
+        if self.unverified_optimizers:
+            self.unverified_optimizers -= {p.opt_name for p in setup.phases if state.batch_idx % p.interval == 0}
+            if not self.unverified_optimizers:
+                self.ctl.verify_hooks(setup.loss, self.backbone.name)
+        setup.ema.update(setup.G, setup.G_ema, cur_nimg=state.cur_nimg, batch_idx=state.batch_idx,
+                         batch_size=o.batch_size)
+        state.cur_nimg += o.batch_size
+        state.batch_idx += 1
+        self.ctl.end_iteration(state.batch_idx, state.cur_nimg, len(self.training_set))
+
+    def _run_phase(self, phase: Phase, real_img: list, real_c: list, gen_z: list, gen_c: list) -> None:
+        t0 = time.perf_counter()
+        phase.module.requires_grad_(True)
+        phase.opt.zero_grad(set_to_none=True)
+        try:
+            for r_img, r_c, g_z, g_c in zip(real_img, real_c, gen_z, gen_c):
+                self.setup.loss.accumulate_gradients(phase=phase.name, real_img=r_img, real_c=r_c, gen_z=g_z,
+                                                     gen_c=g_c, gain=phase.interval, cur_nimg=self.state.cur_nimg)
+        except misc.NonFiniteError as e:
+            raise misc.NonFiniteError(
+                f'{e} at kimg {self.state.cur_nimg / 1000:.3f} (iteration {self.state.batch_idx}). Training stopped '
+                f'before the optimiser step. Last good snapshot: {self.last_snapshot or "none yet"}. '
+                f'Try a lower learning rate (--glr/--dlr) or a different --gamma, and --resume from it.') from None
+        phase.module.requires_grad_(False)
+        average_gradients(phase.module, self.o.num_gpus)
+        phase.opt.step()
+        if self.dev.type == 'cuda':
+            torch.cuda.synchronize(self.dev)
+        self.phase_times[phase.name] += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ the loop and its ticks
+
+    def train(self) -> dict[str, Any]:
+        o, state = self.o, self.state
+        self.writer = reporting.StatsWriter(o.run_dir) if o.rank == 0 else None
+        self.stats_collector = training_stats.Collector(regex='.*')
+        self.metric_runner = reporting.MetricRunner(o.metrics, o.metric_kwargs, o.training_set_kwargs, o.num_gpus,
+                                                    o.rank, self.dev, o.run_dir)
+        self.log(f'Training for {o.total_kimg} kimg...\n')
+        self.tick_start_time = time.time()
+        self.maintenance_time = self.tick_start_time - self.start_time
+        self.phase_times = {phase.name: 0.0 for phase in self.setup.phases}
+        if o.progress_fn is not None:
+            o.progress_fn(state.cur_nimg // 1000, int(o.total_kimg))
+
+        stop_reason = 'done'
+        with StopRequest() as stop:
+            while True:
+                self.iteration()
+                done = state.cur_nimg >= o.total_kimg * 1000
+                if stop.agreed(self.dev):
+                    done, stop_reason = True, 'interrupted'
+                if o.abort_fn is not None and o.abort_fn():
+                    done, stop_reason = True, 'aborted'
+                if not done and state.cur_tick != 0 and state.cur_nimg < state.tick_start_nimg + o.kimg_per_tick * 1000:
+                    continue
+                self.tick(done)
+                if done:
+                    break
+
+        if self.writer is not None:
+            self.writer.close()
+        distributed.barrier()  # every rank leaves together (rank 0 may still be writing files)
+        self.log(f'\nExiting ({stop_reason}). Last snapshot: {self.last_snapshot}')
+        modules = {name: m for name, m in self.setup.modules.items() if m is not None}
+        return dict(modules, cur_nimg=state.cur_nimg, last_snapshot=self.last_snapshot, stop_reason=stop_reason,
+                    modules=modules)
+
+    def tick(self, done: bool) -> None:
+        """Tick maintenance: status line, image grid, snapshot + metrics, statistics."""
+        o, state = self.o, self.state
+        tick_end_time = time.time()
+        for name, seconds in self.phase_times.items():
+            training_stats.report0(f'Timing/{name}', seconds)
+            self.phase_times[name] = 0.0
+        fields = reporting.status_fields(state, self.start_time, self.tick_start_time, tick_end_time,
+                                         self.maintenance_time, self.dev, self.ctl.status_fields())
+        self.log(' '.join(fields))
+        if self.dev.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(self.dev)
+        if o.rank == 0 and o.image_snapshot_ticks is not None and (done or state.cur_tick % o.image_snapshot_ticks == 0):
+            self._save_fakes(f'fakes{state.cur_nimg // 1000:06d}.png')
+        if o.network_snapshot_ticks is not None and (done or state.cur_tick % o.network_snapshot_ticks == 0):
+            self._snapshot()
+
+        self.stats_collector.update()
+        stats = self.stats_collector.as_dict()
+        self.ctl.add_derived_stats(stats)
+        if self.writer is not None:
+            self.writer.write(stats, state.cur_nimg, self.metric_runner.take_results())
+        self.ctl.flush(o.run_dir if o.rank == 0 else None)
+        if o.progress_fn is not None:
+            o.progress_fn(state.cur_nimg // 1000, int(o.total_kimg))
+
+        state.cur_tick += 1
+        state.tick_start_nimg = state.cur_nimg
+        self.tick_start_time = time.time()
+        self.maintenance_time = self.tick_start_time - tick_end_time
+
+    def _snapshot(self) -> None:
+        o = self.o
+        path = os.path.join(o.run_dir, f'network-snapshot-{self.state.cur_nimg // 1000:06d}.pt')
+        snapshot_io.save(path, backbone=self.backbone.name, training_set_kwargs=o.training_set_kwargs,
+                         modules=self.setup.modules, optimizers=self.setup.optimizers, states=self._named_states(),
+                         counters=self.state, rank=o.rank, num_gpus=o.num_gpus)
+        self.last_snapshot = path
+        self.metric_runner.run(self.backbone.sampler(self.setup.G_ema, noise_mode='random'), path)

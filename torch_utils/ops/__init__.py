@@ -1,7 +1,9 @@
 """Custom ops of StyleGAN2-ADA (stylegan2-arithmetic.md §1-§3, §9; stylegan2-ada.md §7).
 
-Modules: ``upfirdn2d`` (setup_filter, upfirdn2d, filter2d, upsample2d, downsample2d),
+Public ops: ``upfirdn2d`` (setup_filter, upfirdn2d, filter2d, upsample2d, downsample2d),
 ``bias_act`` (bias_act, activation_funcs), ``conv2d_resample``, ``fma``. Each has a pure-PyTorch
 reference path, the CPU default and the oracle in tests; ``_impl`` is the single place that
-decides between it and the CUDA kernels of ``cuda_backend``. Import the submodules directly.
+decides between it and the CUDA kernels. Below them, importing none of them: ``activations``
+(§2's table), ``cuda_plugin`` (build/load the plugin), ``cuda_kernels`` (the kernels with
+autograd) and ``cuda_selfcheck`` (self-check and readiness). Import the submodules directly.
 """

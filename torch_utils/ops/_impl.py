@@ -4,6 +4,11 @@ Spec: stylegan2-arithmetic.md §9 ("custom ops") and stylegan2-ada.md §7; spec 
 ("reference ops are the truth": every custom CUDA op has a pure-PyTorch reference path that is
 the CPU default and the oracle in tests).
 
+Layering: the public ops (``upfirdn2d``, ``bias_act``) import this module; this module imports
+the CUDA side (``cuda_selfcheck`` for readiness, ``cuda_kernels`` for the kernels, both built on
+``cuda_plugin``); nothing below imports the public ops, which hand their reference paths down
+with ``cuda_kernels.register_reference``.
+
 Choosing an implementation
 --------------------------
 ``resolve_impl(op, x, impl)`` returns ``'ref'`` or ``'cuda'`` for one call of ``op``
@@ -12,16 +17,15 @@ Choosing an implementation
 1. ``impl`` None means the process-wide default (``set_default_impl``; initially ``'auto'``).
 2. ``'ref'`` -> ``'ref'``.
 3. A CPU tensor -> ``'ref'`` (whatever was asked; the kernels only run on CUDA tensors).
-4. Otherwise (``'auto'`` or ``'cuda'``) ``torch_utils.ops.cuda_backend`` is imported lazily;
-   if it is importable and ``cuda_backend.is_ready(op)`` is True -> ``'cuda'``, else ``'ref'``.
-   When ``'cuda'`` was asked for (explicitly or as the default) and is not available, one
-   ``RuntimeWarning`` per op names the op and, if the backend has ``why_not_ready(op)``, the reason.
+4. Otherwise (``'auto'`` or ``'cuda'``): ``'cuda'`` if the backend's ``is_ready(op)`` is True,
+   else ``'ref'``. When ``'cuda'`` was asked for (explicitly or as the default) and is not
+   available, one ``RuntimeWarning`` per op names the op and the backend's ``why_not_ready(op)``.
 
-Contract with ``torch_utils.ops.cuda_backend`` (written separately)
--------------------------------------------------------------------
+Contract with the backend (``get_backend()``; tests substitute a fake)
+----------------------------------------------------------------------
 - ``is_ready(op: str) -> bool``: the plugin is built **and** ``op`` passed its self-check against
   the reference path. It may build and check lazily on its first call.
-- ``why_not_ready(op: str) -> str`` (optional): one line saying why ``op`` is not ready.
+- ``why_not_ready(op: str) -> str``: one line saying why ``op`` is not ready.
 - ``upfirdn2d(x, f, up=(ux, uy), down=(dx, dy), padding=(px0, px1, py0, py1), flip_filter, gain)``:
   ``f`` is the filter as given to ``upfirdn2d.upfirdn2d`` (a float 1-D/2-D tensor, or None
   meaning [[1]]); every argument is already parsed into the tuples shown; same result as
@@ -33,18 +37,21 @@ Contract with ``torch_utils.ops.cuda_backend`` (written separately)
 
 from __future__ import annotations
 
+import types
 import warnings
 from typing import Any, Optional
 
 import torch
 
+from torch_utils.ops import cuda_kernels, cuda_selfcheck
+
 VALID_IMPLS = ('ref', 'cuda', 'auto')
-OPS_WITH_KERNELS = ('upfirdn2d', 'bias_act')
 
 _default_impl: str = 'auto'
 _warned: set[str] = set()
-_backend: Any = None          # the imported cuda_backend module, once imported
-_backend_error: Optional[str] = None  # why it could not be imported, once tried
+_backend: Any = types.SimpleNamespace(  # the CUDA side, as the contract above sees it
+    is_ready=cuda_selfcheck.is_ready, why_not_ready=cuda_selfcheck.why_not_ready,
+    upfirdn2d=cuda_kernels.upfirdn2d, bias_act=cuda_kernels.bias_act)
 
 
 def _validate_impl(impl: str) -> str:
@@ -66,30 +73,12 @@ def get_default_impl() -> str:
     return _default_impl
 
 
-def _import_backend() -> Any:
-    """Import ``cuda_backend`` once; None (with the reason remembered) if it cannot be imported."""
-    global _backend, _backend_error
-    if _backend is None and _backend_error is None:
-        try:
-            from torch_utils.ops import cuda_backend
-            _backend = cuda_backend
-        except ImportError as exc:
-            _backend_error = f'torch_utils.ops.cuda_backend cannot be imported ({exc})'
-    return _backend
-
-
-def _warn_not_ready(op: str, backend: Any) -> None:
+def _warn_not_ready(op: str) -> None:
     if op in _warned:
         return
     _warned.add(op)
-    if backend is None:
-        reason = _backend_error or 'no CUDA backend'
-    elif hasattr(backend, 'why_not_ready'):
-        reason = backend.why_not_ready(op)
-    else:
-        reason = 'the CUDA backend reports it is not ready'
-    warnings.warn(f"ops impl 'cuda' requested for {op} but the kernel is not available ({reason}); "
-                  f"using the reference implementation", RuntimeWarning, stacklevel=3)
+    warnings.warn(f"ops impl 'cuda' requested for {op} but the kernel is not available "
+                  f"({_backend.why_not_ready(op)}); using the reference implementation", RuntimeWarning, stacklevel=3)
 
 
 def resolve_impl(op: str, x: torch.Tensor, impl: Optional[str] = None) -> str:
@@ -101,16 +90,15 @@ def resolve_impl(op: str, x: torch.Tensor, impl: Optional[str] = None) -> str:
             _validate_impl(impl)
         return 'ref'
     _validate_impl(impl)
-    if op not in OPS_WITH_KERNELS:
-        raise ValueError(f'unknown custom op {op!r}; expected one of {", ".join(OPS_WITH_KERNELS)}')
-    backend = _import_backend()
-    if backend is not None and backend.is_ready(op):
+    if op not in cuda_kernels.OPS:
+        raise ValueError(f'unknown custom op {op!r}; expected one of {", ".join(cuda_kernels.OPS)}')
+    if _backend.is_ready(op):
         return 'cuda'
     if impl == 'cuda':
-        _warn_not_ready(op, backend)
+        _warn_not_ready(op)
     return 'ref'
 
 
 def get_backend() -> Any:
-    """The imported ``cuda_backend`` module (only valid after ``resolve_impl`` returned 'cuda')."""
-    return _import_backend()
+    """The backend of the contract above (use it after ``resolve_impl`` returned 'cuda')."""
+    return _backend

@@ -7,7 +7,7 @@
 // be syntax-checked with a plain C++ compiler and PyTorch's include paths.
 //
 // Semantics: stylegan2-arithmetic.md §1.2 (upfirdn2d) and §2 (bias_act); the autograd wiring
-// lives in torch_utils/ops/cuda_backend.py.
+// lives in torch_utils/ops/cuda_kernels.py.
 
 #include <torch/extension.h>
 #include <c10/core/DeviceGuard.h>
@@ -20,7 +20,7 @@
 
 namespace {
 
-// Bumped whenever a Python-visible signature below changes; cuda_backend.py checks it.
+// Bumped whenever a Python-visible signature below changes; cuda_plugin.py checks it.
 constexpr int kAbiVersion = 1;
 
 int dtype_code(const torch::Tensor& t) {
@@ -191,7 +191,7 @@ torch::Tensor bias_act(torch::Tensor x, std::optional<torch::Tensor> b, std::opt
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.doc() = "degan custom CUDA ops (upfirdn2d, bias_act); see torch_utils/ops/cuda_backend.py";
+    m.doc() = "degan custom CUDA ops (upfirdn2d, bias_act); see torch_utils/ops/cuda_kernels.py";
     m.attr("abi_version") = kAbiVersion;
     m.def("upfirdn2d", &upfirdn2d, "upfirdn2d (stylegan2-arithmetic.md §1.2)", py::arg("x"), py::arg("f"),
           py::arg("upx"), py::arg("upy"), py::arg("downx"), py::arg("downy"), py::arg("padx0"), py::arg("padx1"),

@@ -4,7 +4,10 @@ Spec: stylegan2-arithmetic.md §1 (setup_filter §1.1, upfirdn2d §1.2, wrappers
 stylegan2-ada.md §7. The reference path below reproduces the official reference path step for
 step (zero insertion, F.pad, slicing, depthwise ``F.conv2d`` with the gain folded into the filter,
 two 1-D passes for a separable filter), so it rounds the same way. It is differentiable to any
-order because it is built only from framework primitives.
+order because it is built only from framework primitives. This module sits on top of the CUDA
+side: it hands ``reference_upfirdn2d`` to ``cuda_kernels`` (the oracle of the kernel's
+self-check and its answer for calls the kernel does not cover) and lets ``_impl`` pick the path
+of each call.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from torch_utils.ops import _impl
+from torch_utils.ops import _impl, cuda_kernels
 
 Scaling = Union[int, Sequence[int]]
 Padding = Union[int, Sequence[int]]
@@ -182,6 +185,17 @@ def _upfirdn2d_ref(x: torch.Tensor, f: Optional[torch.Tensor], upx: int, upy: in
     if downx > 1 or downy > 1:
         x = x[:, :, ::downy, ::downx]
     return x
+
+
+def reference_upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: Sequence[int] = (1, 1),
+                        down: Sequence[int] = (1, 1), padding: Sequence[int] = (0, 0, 0, 0),
+                        flip_filter: bool = False, gain: float = 1.0) -> torch.Tensor:
+    """``upfirdn2d(..., impl='ref')`` with the CUDA contract's tuple arguments (see ``_impl``)."""
+    return upfirdn2d(x, f, up=list(up), down=list(down), padding=list(padding), flip_filter=flip_filter,
+                     gain=gain, impl='ref')
+
+
+cuda_kernels.register_reference('upfirdn2d', reference_upfirdn2d)
 
 
 # ---------------------------------------------------------------------------------------------

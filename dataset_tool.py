@@ -1,4 +1,4 @@
-"""Convert images into a training dataset — StyleGAN2-ADA's dataset_tool.py (stylegan2-ada.md §9).
+"""Convert images into a training dataset — StyleGAN2-ADA's dataset_tool.py (docs/stylegan2-ada.md §9).
 
 Examples:
 
@@ -256,7 +256,8 @@ def _scan(src: Any, progress: bool) -> list[_Header]:
 
 def plan_output_size(headers: list[_Header], describe: Callable[[int], str], transform: Optional[str],
                      resolution: Optional[Size]) -> Size:
-    """The output (width, height); errors for mixed sizes without a transform and bad results (§9)."""
+    """The output (width, height); errors for mixed sizes without a transform and bad results
+    (docs/stylegan2-ada.md §9)."""
     if transform is not None and resolution is None:
         raise UserError(f'--transform={transform} needs --resolution=WxH (e.g. --resolution=256x256)')
     if resolution is None:
@@ -337,7 +338,7 @@ def _note(text: str) -> None:
 def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, resize_filter: str = 'lanczos',
                     transform: Optional[str] = None, resolution: Optional[Size] = None, cifar_split: str = 'train',
                     progress: bool = True) -> dict:
-    """Convert ``source`` into a dataset at ``dest`` (stylegan2-ada.md §9); return a summary dict.
+    """Convert ``source`` into a dataset at ``dest`` (docs/stylegan2-ada.md §9); return a summary dict.
 
     All checks that need only headers (no images, unreadable files, mixed sizes, a non-square or
     non-power-of-two result, an existing ``dest``) run before anything is written.

@@ -34,7 +34,7 @@ from torch_utils.ops import cuda_kernels, cuda_selfcheck  # noqa: E402
 from torch_utils.ops.bias_act import reference_bias_act  # noqa: E402
 from torch_utils.ops.upfirdn2d import reference_upfirdn2d  # noqa: E402
 
-CHANNEL_BASE, CHANNEL_MAX = 16384, 512  # --cfg=auto below 512 px (stylegan2-ada.md §2)
+CHANNEL_BASE, CHANNEL_MAX = 16384, 512  # --cfg=auto below 512 px (docs/stylegan2-ada.md §2)
 
 
 def channels(res: int) -> int:

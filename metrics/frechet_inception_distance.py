@@ -1,4 +1,4 @@
-"""Fréchet Inception Distance (FID): methods.md §7, stylegan2-ada.md §6.
+"""Fréchet Inception Distance (FID): docs/methods.md §7, docs/stylegan2-ada.md §6.
 
 FID = ‖μ_r − μ_g‖² + Tr(Σ_r + Σ_g − 2 (Σ_r Σ_g)^{1/2}) between Gaussians fitted to the 2048-d
 pool3 Inception features of real and generated images (means and biased covariances, as
@@ -49,7 +49,7 @@ def trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                      method: str = 'eigh') -> float:
-    """‖μ1 − μ2‖² + Tr(Σ1) + Tr(Σ2) − 2 Tr((Σ1 Σ2)^{1/2}) (methods.md §7); ``method`` ∈ {eigh, sqrtm}."""
+    """‖μ1 − μ2‖² + Tr(Σ1) + Tr(Σ2) − 2 Tr((Σ1 Σ2)^{1/2}) (docs/methods.md §7); ``method`` ∈ {eigh, sqrtm}."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     assert mu1.shape == mu2.shape and sigma1.shape == sigma2.shape == (mu1.size, mu1.size)

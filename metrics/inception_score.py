@@ -1,10 +1,10 @@
-"""Inception Score (IS): methods.md §7, stylegan2-ada.md §6.
+"""Inception Score (IS): docs/methods.md §7, docs/stylegan2-ada.md §6.
 
 IS = exp(E_x KL(p(y|x) ‖ p(y))) with p(y|x) the Inception class probabilities (softmax of the
 logits computed without the output-layer bias, NVIDIA's ``no_output_bias=True``) and p(y) their
 mean over the split; computed on ``num_splits`` consecutive splits, reported as mean and
 standard deviation over the splits. Needs NVIDIA's ``inception-2015-12-05.pt`` via
-``--detector``; ``default_1.pt`` has no logits (data-and-weights.md §2).
+``--detector``; ``default_1.pt`` has no logits (docs/data-and-weights.md §2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Kernel Inception Distance (KID): methods.md §7, stylegan2-ada.md §6.
+"""Kernel Inception Distance (KID): docs/methods.md §7, docs/stylegan2-ada.md §6.
 
 Unbiased MMD² with the cubic polynomial kernel k(x, y) = (xᵀy / d + 1)³ on Inception
 features, averaged over ``num_subsets`` random subsets of size m = min(n_real, n_gen,
@@ -34,7 +34,7 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 def kernel_inception_distance(real: np.ndarray, gen: np.ndarray, num_subsets: int = 100,
                               max_subset_size: int = 1000, seed: int = 0) -> float:
-    """Mean unbiased MMD² over ``num_subsets`` random subsets (stylegan2-ada.md §6 parameters)."""
+    """Mean unbiased MMD² over ``num_subsets`` random subsets (docs/stylegan2-ada.md §6 parameters)."""
     real, gen = np.asarray(real), np.asarray(gen)  # kept as given (float32); subsets go to float64
     m = min(real.shape[0], gen.shape[0], max_subset_size)
     if m < 2:

@@ -1,9 +1,9 @@
-"""Metric registry, evaluation records and the best-so-far summary (stylegan2-ada.md §6, methods.md §7, §9.8).
+"""Metric registry, evaluation records and the best-so-far summary (docs/stylegan2-ada.md §6, docs/methods.md §7, §9.8).
 
 Registered names follow upstream StyleGAN2-ADA: ``*_full`` metrics compare against *all* real
 images with x-flips off; the legacy names (``fid50k``, ``kid50k``, ``pr50k3``) use at most
 50,000 reals with the dataset's mirror setting kept. ``fid5k_full`` / ``fid10k_full`` are the
-low-shot protocol (methods.md §7); ``fid10k_test`` is the CIFAR protocol: 10k generated images
+low-shot protocol (docs/methods.md §7); ``fid10k_test`` is the CIFAR protocol: 10k generated images
 against all images of a reference set given with ``--ref-data``.
 
 A result record (``calc_metric``) has upstream's shape — ``results`` (dict of values),
@@ -11,7 +11,7 @@ A result record (``calc_metric``) has upstream's shape — ``results`` (dict of 
 (how many generated and real images were used); ``report_metric`` adds ``snapshot_pkl``
 (relative to the run directory) and ``timestamp`` and appends the record as one line to
 ``<run_dir>/metric-<name>.jsonl``. ``update_best`` keeps ``<run_dir>/best.json`` (the papers
-report the best value over training, methods.md §7).
+report the best value over training, docs/methods.md §7).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def update_best(run_dir: str, result_dict: dict, snapshot: Optional[str]) -> dic
 
 
 def _full(opts: metric_utils.MetricOptions) -> None:
-    """'full' metrics: all real images, no x-flip (stylegan2-ada.md §6)."""
+    """'full' metrics: all real images, no x-flip (docs/stylegan2-ada.md §6)."""
     opts.dataset_kwargs.update(max_size=None, xflip=False)
 
 
@@ -248,7 +248,7 @@ def is50k(opts: metric_utils.MetricOptions) -> dict:
 
 @register_metric(role=detectors.ROLE_PROBS, needs_reals=False, primary='_mean', higher_is_better=True)
 def is10k(opts: metric_utils.MetricOptions) -> dict:
-    """IS from 10k samples (the CIFAR / DiffAugment convention, methods.md E2)."""
+    """IS from 10k samples (the CIFAR / DiffAugment convention, docs/methods.md E2)."""
     mean, std = inception_score.compute_is(opts, num_gen=10000, num_splits=10)
     return dict(is10k_mean=mean, is10k_std=std)
 

@@ -1,7 +1,7 @@
 """Shared machinery of the metrics: options, feature statistics, the dataset-statistics cache,
-feature extraction for real images, generator samples and image folders (stylegan2-ada.md §6).
+feature extraction for real images, generator samples and image folders (docs/stylegan2-ada.md §6).
 
-Conventions (stylegan2-ada.md §6, methods.md §7):
+Conventions (docs/stylegan2-ada.md §6, docs/methods.md §7):
 
 * Generated images come from ``G(z, c)`` (a :class:`Generator`: the backbone's sampler, which
   for StyleGAN2 uses G's defaults, truncation 1 and random noise, in eval mode), ``z ~ N(0, I)``,

@@ -1,4 +1,4 @@
-"""Improved precision and recall (Kynkäänniemi et al. 2019): methods.md §7, stylegan2-ada.md §6.
+"""Improved precision and recall (Kynkäänniemi et al. 2019): docs/methods.md §7, docs/stylegan2-ada.md §6.
 
 On 4096-d VGG16 features (NVIDIA's ``vgg16.pt`` given with ``--vgg16``): each point of a
 manifold gets the radius of its k-th nearest neighbour within its own set (the (k+1)-th

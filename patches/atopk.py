@@ -5,11 +5,11 @@ Backbone-agnostic: this module needs only torch (and ``patches.overfit``). It im
 * the overfitting probability p of ATop-k Eq. 10 (``patches.overfit.OverfitTracker``: ADA's
   arithmetic, target 0.6, every 4 minibatches, 500 kimg speed, lower clamp only);
 * the k controller of ATop-k Eq. 11 — a ±1 random walk on {1, …, B} driven by its own seeded
-  RNG (identical on every rank) — and the ablation schedules of methods.md §9.4: fixed k,
+  RNG (identical on every rank) — and the ablation schedules of docs/methods.md §9.4: fixed k,
   Sinha et al.'s "Linear" (geometric per-epoch) decay and Worst-k;
-* the selection and reduction of per-sample G losses (ATop-k Eq. 12, spec §9.3 step 1): the
-  mean over the k selected fakes, exact zero gradient for the others, selection over the
-  *global* batch across processes (A5), and the plain mean when k = B (bitwise, K2).
+* the selection and reduction of per-sample G losses (ATop-k Eq. 12, docs/methods.md §9.3
+  step 1): the mean over the k selected fakes, exact zero gradient for the others, selection
+  over the *global* batch across processes (A5), and the plain mean when k = B (bitwise, K2).
 
 Adopting it in another GAN loop (StyleGAN2's non-saturating loss; for hinge / FastGAN /
 Projected GAN pass ``-scores`` as the per-sample loss)::
@@ -72,7 +72,7 @@ def _noop_report(_name: str, value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Selection and reduction (ATop-k Eq. 12; spec §9.3 step 1, A4, A5, A7).
+# Selection and reduction (ATop-k Eq. 12; docs/methods.md §9.3 step 1, A4, A5, A7).
 
 
 def per_sample_scores(scores: torch.Tensor) -> torch.Tensor:
@@ -175,7 +175,7 @@ def topk_loss(per_sample_loss: torch.Tensor, scores: torch.Tensor, k: int, large
 
 
 # ---------------------------------------------------------------------------------------------
-# The k controller (ATop-k Eq. 11; spec §9.3 step 4, §9.4, A1, A3, A12).
+# The k controller (ATop-k Eq. 11; docs/methods.md §9.3 step 4, §9.4, A1, A3, A12).
 
 
 def _round(x: float, how: str) -> int:
@@ -192,7 +192,7 @@ def _generator_seed(seed: int) -> int:
 
 
 class KController:
-    """k_t for one of the modes 'adaptive' | 'fixed' | 'linear' | 'worst' (methods.md §9.3–9.4).
+    """k_t for one of the modes 'adaptive' | 'fixed' | 'linear' | 'worst' (docs/methods.md §9.3–9.4).
 
     * adaptive (ATop-k Eq. 11): k₀ = B; every ``k_interval`` iterations draw u ~ U[0, 1) from the
       controller's own CPU generator and set k ← clip(k − 1, 1, B) if u < min(p, 1) else
@@ -325,8 +325,8 @@ class ATopk:
     worst; ``batch_size`` B (global); ``target``, ``interval``, ``kimg`` of the own tracker;
     ``k_interval`` (A1); ``p_source`` 'own' (a dedicated tracker fed through ``accumulate``) or
     'ada' (``shared_tracker``, e.g. the tracker that drives ``augment_pipe.p``, is read directly;
-    its owner feeds and updates it — before ``end_iteration``, as spec §9.7 orders); ``k`` for
-    fixed / worst; ``gamma``, ``nu``, ``round`` for linear; ``seed`` of the k generator;
+    its owner feeds and updates it — before ``end_iteration``, as docs/methods.md §9.7 orders);
+    ``k`` for fixed / worst; ``gamma``, ``nu``, ``round`` for linear; ``seed`` of the k generator;
     ``clamp_p`` stores p in [0, 1] (A3 variant; own tracker only); ``report(name, value)`` receives
     ``ATopk/k``, ``ATopk/p``, ``ATopk/selected_fraction`` once per G step (default: none).
     The tracker runs in every mode, so p is reported for the ablations too.
@@ -407,7 +407,7 @@ class ATopk:
     __call__ = reduce_generator_loss
 
     def end_iteration(self, batch_idx: int, cur_nimg: int, dataset_size: Optional[int] = None) -> int:
-        """Spec §9.7 tail for ATop-k (after ``batch_idx += 1``): own tracker update when due, then k.
+        """docs/methods.md §9.7 tail for ATop-k (after ``batch_idx += 1``): own tracker update when due, then k.
 
         Records the trace entry (iteration batch_idx − 1, k its G step used, p after this
         iteration's tracker update — the p that drives the k update), whichever tracker is used.

@@ -1,24 +1,25 @@
 """CHAIN (Ni & Koniusz, CVPR 2024): lipschitz-continuity-constrained normalisation for D.
 
-Backbone-agnostic implementation of methods.md §5 and §9.5–9.6. After a convolution of the
+Backbone-agnostic implementation of docs/methods.md §5 and §9.5–9.6. After a convolution of the
 discriminator, CHAIN replaces batch-norm's two halves:
 
 * **0MR** (zero-mean regulariser, replaces centering): the loss term
   ``λ(p+p0)·Σ_layers ‖μ(Y)‖²`` with ``μ_c`` the channel mean of the layer input over (b, h, w)
-  (CHAIN Eq. (0MR), generalised with ``p0`` as in the official code, §5.2);
+  (CHAIN Eq. (0MR), generalised with ``p0`` as in the official code, docs/methods.md §5.2);
 * **ARMS** (adaptive RMS normalisation, replaces scaling):
   ``(1−M)⊙Y + M⊙Y·ψ_min/ψ`` with ``M ~ Bernoulli(p)`` per sample **and** channel
-  (CHAIN Eq. (ARMS), §5.1), non-expansive because ``ψ_min/ψ_c ≤ 1``.
+  (CHAIN Eq. (ARMS), docs/methods.md §5.1), non-expansive because ``ψ_min/ψ_c ≤ 1``.
 
 Pieces
 ------
 ``ChainContext``
     The single per-D state: buffers ``p`` and ``ema_sign`` (float64, saved with D), the hyper-
     parameters, the label of the current D pass (``dreal`` / ``dfake`` / ``gfake``), the list
-    of 0MR terms of that pass and the p controller ``update_p`` (§9.6).
+    of 0MR terms of that pass and the p controller ``update_p`` (docs/methods.md §9.6).
 ``Chain``
-    The layer, variants ``chain`` (cumulative running statistics + custom backward, §5.2) and
-    ``chain_batch`` (the poster's pseudo-code, batch statistics). Buffers only, no parameters.
+    The layer, variants ``chain`` (cumulative running statistics + custom backward,
+    docs/methods.md §5.2) and ``chain_batch`` (the poster's pseudo-code, batch statistics).
+    Buffers only, no parameters.
 ``ChainedConv``
     ``chain(conv(x))`` — a convenience wrapper for plain PyTorch conv stacks.
 
@@ -72,10 +73,10 @@ _VARIANT_ALIASES = {'chain': 'chain', 'cumulative': 'chain', 'chain_batch': 'cha
 
 
 # ---------------------------------------------------------------------------------------------
-# Context: pass label, 0MR terms, p controller (methods.md §9.6).
+# Context: pass label, 0MR terms, p controller (docs/methods.md §9.6).
 
 class ChainContext(torch.nn.Module):
-    """Shared CHAIN state of one discriminator (methods.md §9.6, §5.2 ``update_p``).
+    """Shared CHAIN state of one discriminator (docs/methods.md §9.6, §5.2 ``update_p``).
 
     Buffers (saved with D): ``p`` (float64 0-dim, init 0) and ``ema_sign`` (float64 0-dim, init 0).
     Register it once in the owning D (``self.chain_ctx = ChainContext(...)``).
@@ -143,7 +144,7 @@ class ChainContext(torch.nn.Module):
 
     @contextlib.contextmanager
     def pass_(self, label: str, r1: bool = False) -> Iterator['ChainContext']:
-        """Label one D forward (§9.6 step 1): ``with ctx.pass_('dreal'): logits = D(x)``.
+        """Label one D forward (docs/methods.md §9.6 step 1): ``with ctx.pass_('dreal'): logits = D(x)``.
 
         Clears the 0MR list on entry. ``r1=True`` marks the R1 (Dreg) pass, whose
         ``zero_mean_loss()`` is 0 (C4); it still runs CHAIN with the ``dreal`` buffers.
@@ -171,7 +172,7 @@ class ChainContext(torch.nn.Module):
         return self.label in ('dreal', 'dfake') and not self.r1
 
     def zero_mean_loss(self) -> torch.Tensor:
-        """0MR of the last pass: λ(p+p0)·Σ_layers ‖μ‖² (CHAIN Eq. (0MR), §5.2); 0 for gfake / R1.
+        """0MR of the last pass: λ(p+p0)·Σ_layers ‖μ‖² (CHAIN Eq. (0MR), docs/methods.md §5.2); 0 for gfake / R1.
 
         Differentiable w.r.t. the features (p is a constant). Computed (with zero weight) also
         when p = p0 = 0, so the graph is the same at every iteration.
@@ -188,7 +189,7 @@ class ChainContext(torch.nn.Module):
     # ------------------------------------------------------------------ p controller
 
     def update_p(self, real_logits: Optional[torch.Tensor], iteration: int) -> float:
-        """p controller (§9.6 step 3, C2): call once per iteration after Dmain; returns p.
+        """p controller (docs/methods.md §9.6 step 3, C2): call once per iteration after Dmain; returns p.
 
         For ``iteration >= start_iter``: a ← d·a + (1−d)·mean(sign(l_real)) with the mean taken
         over all (non-NaN) elements of all ranks (all-reduced sum and count), then
@@ -241,12 +242,12 @@ def _sign(x: float) -> int:
 # ARMS pieces.
 
 def draw_mask(batch: int, channels: int, p: float, device: torch.device) -> torch.Tensor:
-    """Bernoulli(p) mask M = [U ≤ p] of shape [B, C, 1, 1] (bool), U ~ U[0,1) FP32 (§9.5 step 3)."""
+    """Bernoulli(p) mask M = [U ≤ p] of shape [B, C, 1, 1] (bool), U ~ U[0,1) FP32 (docs/methods.md §9.5 step 3)."""
     return torch.rand([batch, channels, 1, 1], device=device) <= p
 
 
 def zero_mean_sq_norm(y: torch.Tensor) -> torch.Tensor:
-    """‖μ‖² = Σ_c (mean_{b,h,w} Y_bchw)² (CHAIN Eq. (0MR) without its weight, §5.1)."""
+    """‖μ‖² = Σ_c (mean_{b,h,w} Y_bchw)² (CHAIN Eq. (0MR) without its weight, docs/methods.md §5.1)."""
     return y.mean(dim=(0, 2, 3)).square().sum()
 
 
@@ -261,14 +262,14 @@ def channel_mean_square(y: torch.Tensor) -> torch.Tensor:
 
 
 def batch_arms_full(y: torch.Tensor, eps: float) -> torch.Tensor:
-    """ARMS with M = 1, batch statistics: Y·ψ_min/ψ, ψ_c = sqrt(mean Y² + ε), ψ_min detached (§5.2)."""
+    """ARMS with M = 1, batch statistics: Y·ψ_min/ψ, ψ_c = sqrt(mean Y² + ε), ψ_min detached (docs/methods.md §5.2)."""
     psi = (channel_mean_square(y) + eps).sqrt()
     return y * (psi.detach().min() / psi)
 
 
 class _MaskedCumulativeARMS(torch.autograd.Function):
     """(1−M)⊙Y + M⊙Z(Y) with Z = Ŷ·s, Ŷ = Y/sqrt(v+ε), s = sqrt(min v) — the official ``chain``
-    forward and custom backward (§5.2), fused into one per-(sample, channel) scaling.
+    forward and custom backward (docs/methods.md §5.2), fused into one per-(sample, channel) scaling.
 
     Forward: out = Y·F with F[b,c] = s/sqrt(v_c+ε) where M[b,c], else 1.
 
@@ -318,7 +319,7 @@ class _MaskedCumulativeARMS(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------------------------
-# The layer (methods.md §9.5).
+# The layer (docs/methods.md §9.5).
 
 class Chain(torch.nn.Module):
     """CHAIN layer: 0MR term + ARMS, placed after a conv (bias included), before the activation.
@@ -359,7 +360,7 @@ class Chain(torch.nn.Module):
         return self._context
 
     def forward(self, y: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """§9.5: 0MR term of the input; identity if p == 0; else (1−M)Y + M·Z, cast to Y's dtype.
+        """docs/methods.md §9.5: 0MR term of the input; identity if p == 0; else (1−M)Y + M·Z, cast to Y's dtype.
 
         ``mask`` (bool or 0/1, broadcastable to [B, C, 1, 1]) replaces the random draw (tests).
         """
@@ -389,7 +390,8 @@ class Chain(torch.nn.Module):
     # ------------------------------------------------------------------ variants
 
     def _cumulative(self, y: torch.Tensor, label: str, mask: torch.Tensor) -> torch.Tensor:
-        """Training forward of ``chain``: update v of label', then the masked ARMS with the custom backward (§5.2)."""
+        """Training forward of ``chain``: update v of label', then the masked ARMS with the custom backward
+        (docs/methods.md §5.2)."""
         v_buf = self.running_var_real if label == 'dreal' else self.running_var_fake
         with torch.no_grad():
             v_buf.mul_(self.decay).add_(channel_mean_square(y.detach()).to(v_buf.dtype), alpha=1 - self.decay)
@@ -413,7 +415,7 @@ class Chain(torch.nn.Module):
 
 
 class ChainedConv(torch.nn.Module):
-    """``chain(conv(x))``: CHAIN directly after a convolution (bias included), §5.2 placement."""
+    """``chain(conv(x))``: CHAIN directly after a convolution (bias included), docs/methods.md §5.2 placement."""
 
     def __init__(self, conv: torch.nn.Module, chain: Chain) -> None:
         super().__init__()

@@ -1,7 +1,8 @@
 """The overfitting tracker: ADA's heuristic r_t = E[sign(D(x_real))] and its probability p.
 
-One tracker implements both ADA's augmentation probability (ADA §3.1) and ATop-k's overfitting
-probability (ATop-k Eq. 10 and the text below it); the arithmetic is methods.md §3.1 / §9.2:
+One tracker implements both ADA's augmentation probability (docs/methods.md §3.1) and ATop-k's
+overfitting probability (ATop-k Eq. 10 and the text below it); the arithmetic is
+docs/methods.md §3.1 / §9.2:
 
 * every real-image D forward adds ``sign(logits)`` (all elements, ``torch.sign`` so that
   sign(0) = 0, ambiguity A11) to a window;
@@ -38,7 +39,7 @@ def _distributed_world() -> int:
 def sign_moments(real_logits: torch.Tensor) -> torch.Tensor:
     """float64 [count, Σ sign(l)] over every element of ``real_logits`` (NaNs ignored; sign(0) = 0).
 
-    The statistic of ATop-k Eq. 10 / ADA §3.1 / CHAIN's p controller is Σ sign / count.
+    The statistic of ATop-k Eq. 10 / ADA (docs/methods.md §3.1) / CHAIN's p controller is Σ sign / count.
     """
     logits = real_logits.detach().to(torch.float64)
     valid = ~torch.isnan(logits)  # checked on the logits: torch.sign(NaN) is 0 on some devices
@@ -73,7 +74,8 @@ class RealSignCollector:
 
 
 class OverfitTracker:
-    """ADA-style overfitting heuristic and probability p (ADA §3.1, ATop-k Eq. 10; spec §9.2).
+    """ADA-style overfitting heuristic and probability p (ADA, docs/methods.md §3.1; ATop-k Eq. 10;
+    docs/methods.md §9.2).
 
     Args:
         batch_size: total batch B over all ranks (the step is B·interval/(kimg·1000)).
@@ -175,7 +177,7 @@ class OverfitTracker:
         return count, total
 
     def update(self, batch_idx: int) -> bool:
-        """Adjust p if ``batch_idx % interval == 0`` (call after incrementing batch_idx; §9.2).
+        """Adjust p if ``batch_idx % interval == 0`` (call after incrementing batch_idx; docs/methods.md §9.2).
 
         Collective when torch.distributed is initialised: every rank must call it with the same
         ``batch_idx``. Returns True when p was adjusted. A window that is empty on every rank

@@ -9,7 +9,7 @@ Inputs (written by the training loop into the run directory):
   the k used by iteration t's G step and p after iteration t's tracker update (the p that
   drew k_{t+1}; ``patches.atopk``).
 
-Figures (methods.md §1.1, Appendix B.6 of the paper):
+Figures (docs/methods.md §1.1, Appendix B.6 of the paper):
 
 * **Fig. 3a** ``fig3a_d_gap.png`` — discriminator gap mean D(x) − mean D(G(z)) (raw logits) per
   tick against kimg; ``ATopk/D_gap`` when logged, else ``Loss/scores/real − Loss/scores/fake``.

@@ -1,4 +1,4 @@
-"""Property tests K1–K9, L1–L2, W1, F1 of ATop-k and its ablations (methods.md §9.3–9.4)."""
+"""Property tests K1–K9, L1–L2, W1, F1 of ATop-k and its ablations (docs/methods.md §9.3–9.4)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _set_k(controller: KController, k: int) -> None:
 
 
 def _stationary(B: int, p: float) -> np.ndarray:
-    """π(j) ∝ ((1 − p)/p)^(j−1), j = 1..B (detailed balance of the reflected walk, methods.md §1.4)."""
+    """π(j) ∝ ((1 − p)/p)^(j−1), j = 1..B (detailed balance of the reflected walk, docs/methods.md §1.4)."""
     j = np.arange(1, B + 1, dtype=np.float64)
     w = ((1 - p) / p) ** (j - 1)
     return w / w.sum()

@@ -1,4 +1,4 @@
-"""Tests for training/augment.py (ADA pipeline; methods.md §3.2, stylegan2-ada.md §2).
+"""Tests for training/augment.py (ADA pipeline; docs/methods.md §3.2, docs/stylegan2-ada.md §2).
 
 Expected values come from independent formulas: numpy index maps for the pixel ops, float64
 forward maps for the geometry (centroid/covariance of a Gaussian blob), closed-form quantiles for

@@ -1,4 +1,4 @@
-"""Property tests of CHAIN (methods.md §9.5 H1–H10, §9.6 R1–R4, state round trip).
+"""Property tests of CHAIN (docs/methods.md §9.5 H1–H10, §9.6 R1–R4, state round trip).
 
 Every expectation is an independent formula written here in float64 (or a finite difference),
 never a value produced by patches/chain.py itself.
@@ -43,7 +43,7 @@ def _features(b: int = 4, c: int = 4, h: int = 3, w: int = 3, seed: int = 0, dty
 
 
 def _psi(y: torch.Tensor) -> torch.Tensor:
-    """ψ_c = sqrt(mean_{b,h,w} Y² + ε), [C] float64 (§5.1)."""
+    """ψ_c = sqrt(mean_{b,h,w} Y² + ε), [C] float64 (docs/methods.md §5.1)."""
     return (y.double().square().mean(dim=(0, 2, 3)) + EPS).sqrt()
 
 
@@ -72,7 +72,7 @@ def test_h1_p_zero_is_identity(variant):
     assert torch.equal(torch.get_rng_state(), rng)  # no mask drawn
     for k, v in layer.state_dict().items():
         assert torch.equal(v, before[k]), k
-    assert len(ctx._terms) == 1  # 0MR still computed (§9.5 step 1)
+    assert len(ctx._terms) == 1  # 0MR still computed (docs/methods.md §9.5 step 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_h7_buffer_updates_per_label(label):
 # H8 — cumulative backward formula; batch variant against finite differences
 
 def _cumulative_reference(y, g, m, v_old, u_old, decay=0.9):
-    """Independent float64 model of §5.2: returns (out, dY, v_new, u_new)."""
+    """Independent float64 model of docs/methods.md §5.2: returns (out, dY, v_new, u_new)."""
     v = decay * v_old + (1 - decay) * y.square().mean(dim=(0, 2, 3), keepdim=True)
     s = v.min().sqrt()
     y_hat = y / (v + EPS).sqrt()

@@ -1,4 +1,4 @@
-"""CHAIN inside the StyleGAN2 discriminator and loss (methods.md §6, §9.6 R5–R6, C1, C4)."""
+"""CHAIN inside the StyleGAN2 discriminator and loss (docs/methods.md §6, §9.6 R5–R6, C1, C4)."""
 
 from __future__ import annotations
 

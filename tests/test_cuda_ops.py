@@ -1,8 +1,8 @@
 """Custom CUDA ops: compile checks, CPU emulation of the kernels, self-check/fallback machinery,
 plugin builder, and (on a GPU) parity with the reference ops.
 
-Issue "Custom CUDA ops"; semantics in stylegan2-arithmetic.md §1.2, §2, §9; build behaviour in
-stylegan2-ada.md §7, §13.
+Issue "Custom CUDA ops"; semantics in docs/stylegan2-arithmetic.md §1.2, §2, §9; build behaviour in
+docs/stylegan2-ada.md §7, §13.
 
 What runs where:
 - every machine with nvcc: each ``torch_utils/ops/*.cu`` compiles with ``nvcc -c``; the same
@@ -315,7 +315,7 @@ def emu(builds: dict[str, Any]) -> Emulator:
 
 def upfirdn2d_f64(x: np.ndarray, f: np.ndarray, up: tuple[int, int], down: tuple[int, int],
                   pad: tuple[int, int, int, int], flip: bool, gain: float) -> np.ndarray:
-    """stylegan2-arithmetic.md §1.2 step by step in float64 (independent of the kernel):
+    """docs/stylegan2-arithmetic.md §1.2 step by step in float64 (independent of the kernel):
     zero-insertion upsample, pad/crop, FIR as true convolution (correlation if flip), decimate.
     A 1-D filter is separable: the two passes equal one pass with outer(f, f)."""
     f2 = np.outer(f, f) if f.ndim == 1 else f
@@ -371,7 +371,8 @@ UPFIRDN_GRID = [
 
 @pytest.mark.parametrize('case', UPFIRDN_GRID, ids=[f'{c[0]}-f{c[1]}-u{c[2]}-d{c[3]}-p{c[4]}' for c in UPFIRDN_GRID])
 def test_emulated_upfirdn2d_matches_float64_formula(emu: Emulator, case: tuple) -> None:
-    """The kernel's tiling/polyphase indexing equals §1.2's step-by-step definition (fp32)."""
+    """The kernel's tiling/polyphase indexing equals the step-by-step definition of
+    docs/stylegan2-arithmetic.md §1.2 (fp32)."""
     x_shape, f_shape, up, down, pad, flip, gain = case
     gen = torch.Generator().manual_seed(hash(case) % 1000)
     x = torch.randn(x_shape, generator=gen)
@@ -414,8 +415,9 @@ def test_emulated_upfirdn2d_uses_specialisations_and_strides(emu: Emulator) -> N
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_emulated_upfirdn2d_low_precision_rounds_once(emu: Emulator, dtype: torch.dtype) -> None:
-    """§1.2/§9: fp16/bf16 data are accumulated in fp32, multiplied by gain, and rounded once:
-    the result is the correctly rounded float64 value except within an ulp at rounding ties."""
+    """docs/stylegan2-arithmetic.md §1.2/§9: fp16/bf16 data are accumulated in fp32, multiplied by
+    gain, and rounded once: the result is the correctly rounded float64 value except within an ulp
+    at rounding ties."""
     gen = torch.Generator().manual_seed(2)
     configs = [((4, 4), (2, 2), (1, 1), (2, 1, 2, 1), 4.0), ((9,), (1, 1), (2, 2), (4, 4, 4, 4), 1.0)]
     for f_shape, up, down, pad, gain in configs:
@@ -451,7 +453,7 @@ ACT_NAMES = list(activation_funcs)
 
 
 def _act_f64(act: str, s: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Activations in float64 from their textbook definitions (stylegan2-arithmetic.md §2)."""
+    """Activations in float64 from their textbook definitions (docs/stylegan2-arithmetic.md §2)."""
     if act == 'linear':
         return s
     if act == 'relu':
@@ -514,8 +516,9 @@ def test_emulated_bias_act_matches_float64_derivatives(emu: Emulator, act: str) 
 
 
 def test_emulated_bias_act_numerics(emu: Emulator) -> None:
-    """§2 CUDA numerics: softplus is exact up to the linear switch at 80; fp16 is computed in
-    fp32 and rounded once; the bias follows axis `dim` in any dense layout; NaN propagates."""
+    """docs/stylegan2-arithmetic.md §2 CUDA numerics: softplus is exact up to the linear switch at
+    80; fp16 is computed in fp32 and rounded once; the bias follows axis `dim` in any dense layout;
+    NaN propagates."""
     s = torch.tensor([-100.0, -20.0, 0.0, 19.0, 25.0, 79.0, 81.0, 200.0])
     y = emu.bias_act(s, None, None, None, None, 0, ck.ACT_CODES['softplus'], 0.0, 1.0, -1.0, 0)
     exact = torch.nn.functional.softplus(s.double(), threshold=1000)
@@ -544,8 +547,9 @@ def _bias_view(b: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
 
 class MirrorPlugin:
     """A Python stand-in for the compiled plugin: upfirdn2d forwards to the reference (so only the
-    autograd wiring around it is under test), bias_act re-states the kernel's formulas (§2 table,
-    derivatives from x or y) in torch; computes in float64 for float64 input, else float32."""
+    autograd wiring around it is under test), bias_act re-states the kernel's formulas
+    (docs/stylegan2-arithmetic.md §2 table, derivatives from x or y) in torch; computes in float64
+    for float64 input, else float32."""
     abi_version = cp.ABI_VERSION
     SELU_LA = 1.0507009873554804934193349852946 * 1.6732632423543772848170429916717
 
@@ -810,8 +814,9 @@ def test_uncovered_calls_fall_back_to_reference(cpu_kernels: Any) -> None:
 
 
 def test_activation_table_matches_reference() -> None:
-    """§2's table has one source (activations, re-exported by bias_act) that the kernel wrappers
-    read too; the kernel adds only its codes, which cover that table and equal kernels.h's enum."""
+    """The table of docs/stylegan2-arithmetic.md §2 has one source (activations, re-exported by
+    bias_act) that the kernel wrappers read too; the kernel adds only its codes, which cover that
+    table and equal kernels.h's enum."""
     from torch_utils.ops import bias_act as ref_module
     assert ck.activation_funcs is ref_module.activation_funcs
     assert set(ck.ACT_CODES) == set(ref_module.activation_funcs)

@@ -1,4 +1,4 @@
-"""Tests for training/diffaugment.py (DiffAugment, methods.md §4)."""
+"""Tests for training/diffaugment.py (DiffAugment, docs/methods.md §4)."""
 
 from __future__ import annotations
 

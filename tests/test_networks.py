@@ -1,4 +1,4 @@
-"""Tests for training/networks.py (stylegan2-arithmetic.md §4–§9, stylegan2-ada.md §14–§15).
+"""Tests for training/networks.py (docs/stylegan2-arithmetic.md §4–§9, docs/stylegan2-ada.md §14–§15).
 
 Tiny networks (8–32 px, ≤ 32 channels). Expected name/shape tables are written out by hand from
 the spec; numerical properties are checked against independent float64 formulas.
@@ -55,7 +55,7 @@ def table(module: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def synthesis_layer_entries(prefix: str, out_ch: int, in_ch: int, res: int, w_dim: int) -> list:
-    """State of one SynthesisLayer in state-dict order (§7.1)."""
+    """State of one SynthesisLayer in state-dict order (docs/stylegan2-arithmetic.md §7.1)."""
     return [(f'{prefix}.weight', (out_ch, in_ch, 3, 3)), (f'{prefix}.noise_strength', ()),
             (f'{prefix}.bias', (out_ch,)), (f'{prefix}.resample_filter', (4, 4)),
             (f'{prefix}.noise_const', (res, res)), (f'{prefix}.affine.weight', (in_ch, w_dim)),
@@ -68,7 +68,8 @@ def torgb_entries(prefix: str, in_ch: int, w_dim: int, img_ch: int = 3) -> list:
 
 
 # ---------------------------------------------------------------------------------------------
-# Name-and-shape tables (hand-derived from §4–§8; key order matters for upstream state dicts).
+# Name-and-shape tables (hand-derived from docs/stylegan2-arithmetic.md §4–§8; key order matters for
+# upstream state dicts).
 
 # G skip, 32 px, z 8, c 0, w 16, mapping 2 layers, channel_base 256, channel_max 32:
 # ch(4)=32, ch(8)=32, ch(16)=16, ch(32)=8.
@@ -381,7 +382,8 @@ def test_fused_and_nonfused_agree_and_default_rule(G_skip):
         nonfused = G_skip(z, c, noise_mode='const', fused_modconv=False)
     scale = fused.abs().max()
     assert (fused - nonfused).abs().max() <= 1e-5 * max(1.0, float(scale))
-    # §9: eval mode → fused (fp32 blocks); training mode → non-fused. Bitwise, since same path.
+    # docs/stylegan2-arithmetic.md §9: eval mode → fused (fp32 blocks); training mode → non-fused.
+    # Bitwise, since same path.
     assert torch.equal(G_skip(z, c, noise_mode='const'), fused)
     G_skip.train()
     try:
@@ -437,7 +439,8 @@ def test_architectures(architecture):
 
 
 def test_ws_indexing_torgb_shares_w_with_next_conv0():
-    """§7.4: block k takes ws[i_k : i_k + num_conv + num_torgb], i_k advancing by num_conv only."""
+    """docs/stylegan2-arithmetic.md §7.4: block k takes ws[i_k : i_k + num_conv + num_torgb], i_k
+    advancing by num_conv only."""
     G = make_G(img_resolution=16)
     perturb(G)
     G.eval()
@@ -462,7 +465,7 @@ def test_ws_indexing_torgb_shares_w_with_next_conv0():
 
 
 # ---------------------------------------------------------------------------------------------
-# modulated_conv2d against an explicit float64 formula (§6, §3).
+# modulated_conv2d against an explicit float64 formula (docs/stylegan2-arithmetic.md §6, §3).
 
 def _true_conv_valid(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Valid true convolution of each sample with its own kernel stack (float64 reference)."""
@@ -534,7 +537,8 @@ def test_fast_demod_matches_reference_order():
 
 
 def test_synthesis_layer_formula():
-    """§7.1: styles = affine(w); modconv; + noise·strength; + bias; lrelu·√2·gain; clamp(conv_clamp·gain)."""
+    """docs/stylegan2-arithmetic.md §7.1: styles = affine(w); modconv; + noise·strength; + bias;
+    lrelu·√2·gain; clamp(conv_clamp·gain)."""
     torch.manual_seed(1)
     layer = networks.SynthesisLayer(4, 5, w_dim=6, resolution=8, up=2, conv_clamp=0.7)
     perturb(layer)
@@ -551,7 +555,7 @@ def test_synthesis_layer_formula():
 
 
 def test_torgb_formula():
-    """§7.2: styles = affine(w)/√I (gain on the styles), no demodulation, + bias, clamp."""
+    """docs/stylegan2-arithmetic.md §7.2: styles = affine(w)/√I (gain on the styles), no demodulation, + bias, clamp."""
     torch.manual_seed(5)
     layer = networks.ToRGBLayer(6, 3, w_dim=4, conv_clamp=0.5)
     perturb(layer)
@@ -565,7 +569,7 @@ def test_torgb_formula():
 
 
 def test_resnet_blocks_combine_with_sqrt_half():
-    """§7.3 / §8.1: resnet x = skip(x, gain √½) + conv1(conv0(x), gain √½)."""
+    """docs/stylegan2-arithmetic.md §7.3 / §8.1: resnet x = skip(x, gain √½) + conv1(conv0(x), gain √½)."""
     G = make_G(img_resolution=8, synthesis_kwargs=dict(architecture='resnet'))
     perturb(G)
     block = G.synthesis.b8.eval()
@@ -666,7 +670,7 @@ def test_fp16_forced_on_cpu():
     assert [getattr(G.synthesis, f'b{r}').use_fp16 for r in (4, 8, 16, 32)] == [False, False, True, True]
     z, c = torch.randn(2, 8), torch.randn(2, 3)
     fp32 = G(z, c, noise_mode='const', force_fp32=True)
-    # CPU default (stylegan2-ada.md §15): fp16 blocks compute in fp32 → identical to force_fp32.
+    # CPU default (docs/stylegan2-ada.md §15): fp16 blocks compute in fp32 → identical to force_fp32.
     assert torch.equal(G(z, c, noise_mode='const'), fp32)
     dtypes = []
     hook = G.synthesis.b32.conv1.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))

@@ -1,7 +1,7 @@
 """Reference ops in torch_utils/ops against independent float64 definitions.
 
-Spec: stylegan2-arithmetic.md §1 (setup_filter, upfirdn2d, wrappers), §2 (bias_act), §3
-(conv2d_resample "Meaning" and execution paths (a)-(f)), stylegan2-ada.md §7 (fma, impl switch).
+Spec: docs/stylegan2-arithmetic.md §1 (setup_filter, upfirdn2d, wrappers), §2 (bias_act), §3
+(conv2d_resample "Meaning" and execution paths (a)-(f)), docs/stylegan2-ada.md §7 (fma, impl switch).
 The oracles below are written from the spec's definitions with NumPy loops over filter taps; they
 share no code with the implementation.
 """
@@ -48,7 +48,8 @@ def fir_valid(p: np.ndarray, g: np.ndarray, correlate: bool) -> np.ndarray:
 
 def upfirdn_np(x: np.ndarray, f: Optional[np.ndarray], up: Any = 1, down: Any = 1, padding: Any = 0,
                flip_filter: bool = False, gain: float = 1.0) -> np.ndarray:
-    """§1.2 literally: zero-insert, pad then crop, FIR (true conv unless flip), decimate."""
+    """docs/stylegan2-arithmetic.md §1.2 literally: zero-insert, pad then crop, FIR (true conv unless
+    flip), decimate."""
     (ux, uy), (dx, dy), (px0, px1, py0, py1) = _pair(up), _pair(down), _quad(padding)
     g = np.ones((1, 1)) if f is None else np.asarray(f, dtype=np.float64)
     g = np.outer(g, g) if g.ndim == 1 else g  # two 1-D passes == one pass with the outer product
@@ -57,14 +58,16 @@ def upfirdn_np(x: np.ndarray, f: Optional[np.ndarray], up: Any = 1, down: Any = 
     u[:, :, ::uy, ::ux] = x
     u = np.pad(u, ((0, 0), (0, 0), (max(py0, 0), max(py1, 0)), (max(px0, 0), max(px1, 0))))
     u = u[:, :, max(-py0, 0): u.shape[2] - max(-py1, 0), max(-px0, 0): u.shape[3] - max(-px1, 0)]
-    # f=None is a float32 [[1]] filter, so the gain it carries is rounded to float32 (§1.2 step 3).
+    # f=None is a float32 [[1]] filter, so the gain it carries is rounded to float32
+    # (docs/stylegan2-arithmetic.md §1.2 step 3).
     g = g * (float(np.float32(gain)) if f is None else gain)
     y = fir_valid(u, g, correlate=flip_filter)
     return y[:, :, ::dy, ::dx]
 
 
 def grouped_conv_np(t: np.ndarray, w: np.ndarray, groups: int, correlate: bool) -> np.ndarray:
-    """K of §3: valid, stride-1, grouped corr (or true convolution) with w [O, C/g, kh, kw]:
+    """K of docs/stylegan2-arithmetic.md §3: valid, stride-1, grouped corr (or true convolution)
+    with w [O, C/g, kh, kw]:
     y[n, o, i, j] = sum_{c in o's group, u, v} t[n, c, i+u, j+v] * w[o, c - c0(o), u, v] (or w reversed)."""
     o_total, cpg, kh, kw = w.shape
     n, _, h, wd = t.shape
@@ -81,7 +84,7 @@ def grouped_conv_np(t: np.ndarray, w: np.ndarray, groups: int, correlate: bool) 
 
 def conv2d_resample_meaning(x: np.ndarray, w: np.ndarray, f: np.ndarray, up: int, down: int, padding: Any,
                             groups: int, flip_weight: bool, flip_filter: bool) -> np.ndarray:
-    """The "Meaning" of §3: upfirdn(up, P, gain up^2) -> K -> upfirdn(down)."""
+    """The "Meaning" of docs/stylegan2-arithmetic.md §3: upfirdn(up, P, gain up^2) -> K -> upfirdn(down)."""
     px0, px1, py0, py1 = _quad(padding)
     fh, fw = f.shape[0], f.shape[-1]
     if up > 1:
@@ -117,7 +120,7 @@ def _seed_torch() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# setup_filter (§1.1).
+# setup_filter (docs/stylegan2-arithmetic.md §1.1).
 
 def test_setup_filter_rules() -> None:
     f = upfirdn2d.setup_filter([1, 3, 3, 1])
@@ -164,7 +167,7 @@ def test_filter_size() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# upfirdn2d (§1.2).
+# upfirdn2d (docs/stylegan2-arithmetic.md §1.2).
 
 def _filters() -> list[Optional[np.ndarray]]:
     r = _rng(1)
@@ -238,7 +241,7 @@ def test_upfirdn2d_errors() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Wrappers (§1.3).
+# Wrappers (docs/stylegan2-arithmetic.md §1.3).
 
 def test_wrappers_padding_and_gain() -> None:
     x = _rng(5).standard_normal((1, 2, 6, 7))
@@ -285,7 +288,8 @@ def test_wrappers_preserve_constant_images() -> None:
     filt = upfirdn2d.filter2d(c, f)
     assert filt.shape == c.shape
     torch.testing.assert_close(filt[:, :, 2:-2, 2:-2], c[:, :, 2:-2, 2:-2])
-    # The worked values of §1.3 for the 4x4 filter: upsample2d = upfirdn2d(up 2, pad (2,1,2,1), gain 4).
+    # The worked values of docs/stylegan2-arithmetic.md §1.3 for the 4x4 filter:
+    # upsample2d = upfirdn2d(up 2, pad (2,1,2,1), gain 4).
     x = torch.from_numpy(_rng(15).standard_normal((1, 2, 5, 5)))
     want = upfirdn2d.upfirdn2d(x, f, up=2, padding=(2, 1, 2, 1), gain=4)
     torch.testing.assert_close(upfirdn2d.upsample2d(x, f), want)
@@ -293,7 +297,7 @@ def test_wrappers_preserve_constant_images() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# bias_act (§2).
+# bias_act (docs/stylegan2-arithmetic.md §2).
 
 SELU_L, SELU_A = 1.0507009873554804934193349852946, 1.6732632423543772848170429916717
 
@@ -380,7 +384,7 @@ def test_bias_act_errors() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# conv2d_resample (§3).
+# conv2d_resample (docs/stylegan2-arithmetic.md §3).
 
 def _record_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
@@ -442,7 +446,7 @@ def test_conv2d_resample_float32_and_no_filter() -> None:
 
 
 def test_conv2d_resample_worked_paths() -> None:
-    """§3's worked values for the 4x4 filter."""
+    """docs/stylegan2-arithmetic.md §3's worked values for the 4x4 filter."""
     ep = conv2d_resample.execution_path
     # 3x3 up 2 padding 1: P = (3,2,3,2) -> (d); 3x3 down 2 padding 1: P = (2,2,2,2) -> (c).
     assert ep(3, 3, 2, 1, 3, 2, 3, 2) == 'd' and ep(3, 3, 1, 2, 2, 2, 2, 2) == 'c'

@@ -1,4 +1,4 @@
-"""Property tests P1–P5 of the overfitting tracker (methods.md §9.2; ADA §3.1, ATop-k Eq. 10)."""
+"""Property tests P1–P5 of the overfitting tracker (docs/methods.md §9.2; ADA §3.1, ATop-k Eq. 10)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Build and load PyTorch C++/CUDA plugins on first use (stylegan2-ada.md §7, §13).
+"""Build and load PyTorch C++/CUDA plugins on first use (docs/stylegan2-ada.md §7, §13).
 
 ``get_plugin(name, sources, headers)`` compiles the sources with
 ``torch.utils.cpp_extension.load`` (ninja + nvcc), caches the result on disk and in the
 process, and returns the imported module. Compared with the reference codebase it adds what
-users asked for most (stylegan2-ada.md §13 item 1, plugin build failures):
+users asked for most (docs/stylegan2-ada.md §13 item 1, plugin build failures):
 
 - a **clear one-line reason** when the toolchain is incomplete (CPU-only PyTorch, no CUDA
   device, no ninja, no CUDA toolkit / nvcc, no C++ compiler, or the compiler's own error tail),

@@ -1,7 +1,7 @@
 """Safe network persistence: modules become plain data, and plain data becomes modules again.
 
 Upstream StyleGAN2-ADA pickles the *source code* of every network class into its snapshots and
-executes it on load. degan never does that (spec README, decision 4). Instead:
+executes it on load. degan never does that (docs/README.md decision 4). Instead:
 
 * ``@persistent_class`` records the constructor's keyword arguments of a network class as
   ``module.init_kwargs`` (JSON-able plain data) and registers the class under its dotted name.

@@ -1,8 +1,9 @@
 """ADA's adaptive discriminator augmentation pipeline (``AugmentPipe``) and its presets.
 
-Spec: methods.md §3.2 (the ``bgc`` pipeline, per-op parameters), stylegan2-ada.md §2 (augpipe
-presets, ``AugmentPipe`` keyword defaults) and §7 (``grid_sample`` note). Paper: Karras et al.,
-"Training Generative Adversarial Networks with Limited Data", NeurIPS 2020, Appendix B.
+Spec: docs/methods.md §3.2 (the ``bgc`` pipeline, per-op parameters), docs/stylegan2-ada.md §2
+(augpipe presets, ``AugmentPipe`` keyword defaults) and docs/stylegan2-ada.md §7 (``grid_sample``
+note). Paper: Karras et al., "Training Generative Adversarial Networks with Limited Data",
+NeurIPS 2020, Appendix B.
 
 Every op is applied to each image independently with probability ``p × multiplier`` (the
 multiplier is the op's constructor keyword, 1 in every preset). The pipe is differentiable (to
@@ -62,7 +63,7 @@ SYM6 = (0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.04
         -0.021060292512300564, 0.04472490177066578, 0.0017677118642428036, -0.007800708325034148)
 
 # ---------------------------------------------------------------------------------------------
-# Presets (stylegan2-ada.md §2): each listed op gets probability multiplier 1.
+# Presets (docs/stylegan2-ada.md §2): each listed op gets probability multiplier 1.
 
 _BLIT = dict(xflip=1, rotate90=1, xint=1)
 _GEOM = dict(scale=1, rotate=1, aniso=1, xfrac=1)
@@ -117,7 +118,7 @@ def rotate2d(theta: torch.Tensor, batch: int, dtype: torch.dtype, device: torch.
 
 
 def _luma_axis(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """v = (1, 1, 1, 0)/√3 in homogeneous colour space (methods.md §3.2)."""
+    """v = (1, 1, 1, 0)/√3 in homogeneous colour space (docs/methods.md §3.2)."""
     return torch.tensor([1, 1, 1, 0], dtype=dtype, device=device) / math.sqrt(3)
 
 
@@ -241,7 +242,7 @@ def upsample_offset(Hz_geom: torch.Tensor) -> float:
 
 
 def geometric_resample(images: torch.Tensor, G_inv: torch.Tensor, Hz_geom: torch.Tensor) -> torch.Tensor:
-    """Resample each image through its inverse homogeneous transform (methods.md §3.2).
+    """Resample each image through its inverse homogeneous transform (docs/methods.md §3.2).
 
     ``G_inv`` [B, 3, 3] maps output pixel coordinates to input pixel coordinates (pixel units,
     origin at the image centre). Steps: reflect-pad by the margin the transformed corners need
@@ -354,7 +355,7 @@ def _apply_per_sample(images: torch.Tensor, G_inv: torch.Tensor,
 
 @persistence.persistent_class
 class AugmentPipe(torch.nn.Module):
-    """ADA augmentation pipeline (methods.md §3.2; stylegan2-ada.md §2 for keywords/defaults).
+    """ADA augmentation pipeline (docs/methods.md §3.2; docs/stylegan2-ada.md §2 for keywords/defaults).
 
     Each keyword without a suffix is an op's probability multiplier: the op is applied to a given
     image with probability ``p × multiplier``. ``p`` is a float32 0-dim buffer (initially 0) set

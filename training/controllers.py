@@ -75,7 +75,7 @@ class Controller:
 
 
 class AugmentController(Controller):
-    """The D augmentation pipe's p: ADA's tracker bound to ``augment_pipe.p`` (ADA §3.1), or fixed."""
+    """The D augmentation pipe's p: ADA's tracker bound to ``augment_pipe.p`` (docs/methods.md §3.1), or fixed."""
     name = 'ada'
     status_rank = 0
 

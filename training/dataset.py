@@ -1,5 +1,5 @@
 """Training datasets (upstream's ``Dataset`` / ``ImageFolderDataset``), the built-in set by name,
-and the ``dataset_kwargs`` that name them (stylegan2-ada.md §9, §14).
+and the ``dataset_kwargs`` that name them (docs/stylegan2-ada.md §9, §14).
 
 The top layer of the dataset code::
 
@@ -105,7 +105,7 @@ class Dataset(torch.utils.data.Dataset):
         self._raw_labels: Optional[np.ndarray] = None
         self._label_shape: Optional[list[int]] = None
 
-        # Subset: a seeded shuffle, first max_size, back in sorted order (stylegan2-ada.md §14).
+        # Subset: a seeded shuffle, first max_size, back in sorted order (docs/stylegan2-ada.md §14).
         self._raw_idx = np.arange(self._raw_shape[0], dtype=np.int64)
         if max_size is not None:
             if max_size < 1:

@@ -1,7 +1,7 @@
 """DiffAugment (Zhao et al., "Differentiable Augmentation for Data-Efficient GAN Training",
 NeurIPS 2020), default policy ``color,translation,cutout``.
 
-Spec: methods.md §4. Every op draws its parameters per sample from the global torch RNG on the
+Spec: docs/methods.md §4. Every op draws its parameters per sample from the global torch RNG on the
 input's device (seeded runs are reproducible) and is differentiable w.r.t. the input to any
 order. Images are NCHW (or NHWC with ``channels_first=False``) in [−1, 1]. Ops, in policy order:
 
@@ -34,18 +34,18 @@ def _uniform(x: torch.Tensor) -> torch.Tensor:
 
 
 def rand_brightness(x: torch.Tensor) -> torch.Tensor:
-    """x + (u − ½), one u per sample (methods.md §4, item 1)."""
+    """x + (u − ½), one u per sample (docs/methods.md §4, item 1)."""
     return x + (_uniform(x) - 0.5)
 
 
 def rand_saturation(x: torch.Tensor) -> torch.Tensor:
-    """(x − x̄_ch)·2u + x̄_ch with x̄_ch the per-pixel channel mean (methods.md §4, item 1)."""
+    """(x − x̄_ch)·2u + x̄_ch with x̄_ch the per-pixel channel mean (docs/methods.md §4, item 1)."""
     mean = x.mean(dim=1, keepdim=True)
     return (x - mean) * (_uniform(x) * 2) + mean
 
 
 def rand_contrast(x: torch.Tensor) -> torch.Tensor:
-    """(x − x̄)·(u + ½) + x̄ with x̄ the per-image mean over C, H, W (methods.md §4, item 1)."""
+    """(x − x̄)·(u + ½) + x̄ with x̄ the per-image mean over C, H, W (docs/methods.md §4, item 1)."""
     mean = x.mean(dim=[1, 2, 3], keepdim=True)
     return (x - mean) * (_uniform(x) + 0.5) + mean
 
@@ -61,7 +61,7 @@ def cutout_side(size: int, ratio: float = CUTOUT_RATIO) -> int:
 
 
 def rand_translation(x: torch.Tensor, ratio: float = TRANSLATION_RATIO) -> torch.Tensor:
-    """Shift each image by integers (ty, tx) uniform in [−s, s] per axis; zero fill (methods.md §4, item 2).
+    """Shift each image by integers (ty, tx) uniform in [−s, s] per axis; zero fill (docs/methods.md §4, item 2).
 
     out[i, j] = x[i + ty, j + tx] where that pixel exists, else 0 (the H shift is drawn first).
     """
@@ -81,7 +81,7 @@ def rand_translation(x: torch.Tensor, ratio: float = TRANSLATION_RATIO) -> torch
 
 
 def rand_cutout(x: torch.Tensor, ratio: float = CUTOUT_RATIO) -> torch.Tensor:
-    """Zero a side×side square at a random position, possibly partly outside (methods.md §4, item 3).
+    """Zero a side×side square at a random position, possibly partly outside (docs/methods.md §4, item 3).
 
     The square covers rows [oy − ⌊side/2⌋, oy − ⌊side/2⌋ + side) with oy uniform in
     {0, …, H − (side mod 2)} (the H offset is drawn first), columns likewise.

@@ -1,6 +1,6 @@
 """The files of a dataset: listing, reading, decoding and writing images and labels.
 
-The lowest layer of the dataset code (stylegan2-ada.md §9, §14). It knows the on-disk format
+The lowest layer of the dataset code (docs/stylegan2-ada.md §9, §14). It knows the on-disk format
 — a folder or an uncompressed zip of images (normally ``NNNNN/imgNNNNNNNN.png`` as written by
 ``dataset_tool.py``) plus an optional ``dataset.json`` of the form
 ``{"labels": [["00000/img00000000.png", 6], ...]}`` or ``{"labels": null}`` — and nothing

@@ -46,7 +46,7 @@ class StyleGAN2Loss(GANLoss):
     # ------------------------------------------------------------------ networks
 
     def run_G(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Map, style-mix (prob 0.9, §10 run_G draw order), synthesise. Returns (img, ws)."""
+        """Map, style-mix (prob 0.9, docs/stylegan2-arithmetic.md §10 run_G draw order), synthesise. Returns (img, ws)."""
         ws = self.G.mapping(z, c)
         if self.style_mixing_prob > 0:
             num_ws = ws.shape[1]
@@ -88,7 +88,7 @@ class StyleGAN2Loss(GANLoss):
         loss.mul(gain).backward()
 
     def _generator_path_length(self, gen_z: torch.Tensor, gen_c: torch.Tensor, gain: float) -> None:
-        """Path-length regularisation (§10 Gpl): penalty (|J^T y| − ā)² with ā an EMA, decay 0.01."""
+        """Path-length regularisation (docs/stylegan2-arithmetic.md §10 Gpl): penalty (|J^T y| − ā)² with ā an EMA, decay 0.01."""
         batch = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
         gen_img, gen_ws = self.run_G(gen_z[:batch], gen_c[:batch])
         pl_noise = torch.randn_like(gen_img) / np.sqrt(gen_img.shape[2] * gen_img.shape[3])

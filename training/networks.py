@@ -1,13 +1,13 @@
 """StyleGAN2-ADA generator and discriminator, drop-in compatible with the official networks.
 
-Everything here follows ``stylegan2-arithmetic.md`` (cited as "§n" below) to the letter:
+Everything here follows ``docs/stylegan2-arithmetic.md`` (cited by section below) to the letter:
 constructor keywords, parameter/buffer names, shapes, registration and initialisation order,
 the order of every cast, gain, clamp and reduction. Loading an official state dict with
 ``strict=True`` and running the same inputs therefore gives the same images and logits
-(bitwise on CPU in float32). Equalised learning rate (§4) is used everywhere: parameters are
-stored at unit scale and multiplied by their He-constant at run time.
+(bitwise on CPU in float32). Equalised learning rate (docs/stylegan2-arithmetic.md §4) is used
+everywhere: parameters are stored at unit scale and multiplied by their He-constant at run time.
 
-Deliberate difference (stylegan2-ada.md §15): a block built with ``use_fp16`` computes in
+Deliberate difference (docs/stylegan2-ada.md §15): a block built with ``use_fp16`` computes in
 float32 when its input lives on the CPU, because half precision on the CPU is ~75× slower and
 gains nothing. On CUDA it computes in float16 exactly as the reference. Tests (or anyone who
 wants the reference's CPU behaviour) can force half precision on the CPU with::
@@ -42,7 +42,7 @@ from torch_utils import misc, persistence
 from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
 
 # ---------------------------------------------------------------------------------------------
-# Half precision on the CPU (stylegan2-ada.md §15).
+# Half precision on the CPU (docs/stylegan2-ada.md §15).
 
 _FP16_ON_CPU = False
 
@@ -94,14 +94,16 @@ def fast_demod(enabled: bool = True) -> Iterator[None]:
 
 
 def block_dtype(use_fp16: bool, force_fp32: bool, device: torch.device) -> torch.dtype:
-    """Compute dtype of a block (§9): fp16 iff use_fp16 and not force_fp32 (and not CPU, unless allowed)."""
+    """Compute dtype of a block (docs/stylegan2-arithmetic.md §9): fp16 iff use_fp16 and not force_fp32 (and not
+    CPU, unless allowed)."""
     if use_fp16 and not force_fp32 and (device.type != 'cpu' or _FP16_ON_CPU):
         return torch.float16
     return torch.float32
 
 
 def _memory_format(channels_last: bool, dtype: torch.dtype) -> torch.memory_format:
-    """channels_last is only used by fp16 blocks that actually run in fp16 (§9, layout only)."""
+    """channels_last is only used by fp16 blocks that actually run in fp16 (docs/stylegan2-arithmetic.md §9,
+    layout only)."""
     return torch.channels_last if channels_last and dtype == torch.float16 else torch.contiguous_format
 
 
@@ -109,12 +111,13 @@ def _memory_format(channels_last: bool, dtype: torch.dtype) -> torch.memory_form
 # Functions.
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
-    """x · rsqrt(mean(x², dim) + eps) (§5, "n2m")."""
+    """x · rsqrt(mean(x², dim) + eps) (docs/stylegan2-arithmetic.md §5, "n2m")."""
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
 def _prenormalize_fp16(weight: torch.Tensor, styles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """§6 step 1: scale weight per output channel and styles per sample by their max-abs (fp16 guard)."""
+    """docs/stylegan2-arithmetic.md §6 step 1: scale weight per output channel and styles per sample by their
+    max-abs (fp16 guard)."""
     out_channels, in_channels, kh, kw = weight.shape
     w_max = weight.abs().amax(dim=[1, 2, 3], keepdim=True)
     weight = weight * (w_max.reciprocal() * (1 / math.sqrt(in_channels * kh * kw)))
@@ -123,7 +126,8 @@ def _prenormalize_fp16(weight: torch.Tensor, styles: torch.Tensor) -> tuple[torc
 
 
 def _demod_coefs_nonfused(weight: torch.Tensor, styles: torch.Tensor, fast: bool) -> torch.Tensor:
-    """dcoef[n,o] = rsqrt(Σ_{i,u,v} (weight[o,i,u,v]·styles[n,i])² + 1e-8) (§6 step 3), shape [N, O].
+    """dcoef[n,o] = rsqrt(Σ_{i,u,v} (weight[o,i,u,v]·styles[n,i])² + 1e-8), shape [N, O]
+    (docs/stylegan2-arithmetic.md §6 step 3).
 
     Fast form: Σ_i styles[n,i]² · Σ_{u,v} weight[o,i,u,v]², one [N,I]×[I,O] product.
     Reference form: materialise the per-sample weights [N, O, I, kh, kw], as upstream.
@@ -138,7 +142,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
                      noise: Optional[torch.Tensor] = None, up: int = 1, down: int = 1, padding: int = 0,
                      resample_filter: Optional[torch.Tensor] = None, demodulate: bool = True,
                      flip_weight: bool = True, fused_modconv: bool = True) -> torch.Tensor:
-    """Modulated convolution with optional demodulation and noise (§6).
+    """Modulated convolution with optional demodulation and noise (docs/stylegan2-arithmetic.md §6).
 
     x [N, I, H, W] in the block dtype d; weight [O, I, kh, kw] float32; styles [N, I] float32.
     Modulate W_n = weight · s_n, demodulate by rsqrt(Σ W_n² + 1e-8), convolve (with up/down
@@ -178,26 +182,27 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
                                         padding=padding, groups=batch_size, flip_weight=flip_weight)
     x = x.reshape(batch_size, -1, *x.shape[2:])
     if noise is not None:
-        x = x.add_(noise)  # in place: keeps x's dtype (§6 fused step 4)
+        x = x.add_(noise)  # in place: keeps x's dtype (docs/stylegan2-arithmetic.md §6 fused step 4)
     return x
 
 
 def _setup_filter(f: Any) -> torch.Tensor:
-    """The ``resample_filter`` buffer: setup_filter of the taps (§1.1; [1,3,3,1] → outer/64, [4, 4])."""
+    """The ``resample_filter`` buffer: setup_filter of the taps (docs/stylegan2-arithmetic.md §1.1;
+    [1,3,3,1] → outer/64, [4, 4])."""
     return upfirdn2d.setup_filter(list(f) if isinstance(f, tuple) else f)
 
 
 def _act_gain(activation: str) -> float:
-    """Default gain of an activation (§2 table)."""
+    """Default gain of an activation (docs/stylegan2-arithmetic.md §2 table)."""
     return bias_act.activation_funcs[activation].def_gain
 
 
 # ---------------------------------------------------------------------------------------------
-# Basic layers (§4).
+# Basic layers (docs/stylegan2-arithmetic.md §4).
 
 @persistence.persistent_class
 class FullyConnectedLayer(torch.nn.Module):
-    """Equalised-lr dense layer (§4.1): y = act(x · (W·lr/√in)ᵀ + b·lr)."""
+    """Equalised-lr dense layer (docs/stylegan2-arithmetic.md §4.1): y = act(x · (W·lr/√in)ᵀ + b·lr)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = 'linear',
                  lr_multiplier: float = 1, bias_init: float = 0):
@@ -228,7 +233,8 @@ class FullyConnectedLayer(torch.nn.Module):
 
 @persistence.persistent_class
 class Conv2dLayer(torch.nn.Module):
-    """Equalised-lr convolution with optional up/down resampling, bias, activation, clamp (§4.2).
+    """Equalised-lr convolution with optional up/down resampling, bias, activation, clamp
+    (docs/stylegan2-arithmetic.md §4.2).
 
     ``trainable=False`` (Freeze-D) registers weight and bias as buffers under the same names.
 
@@ -290,11 +296,12 @@ class Conv2dLayer(torch.nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Mapping network (§5).
+# Mapping network (docs/stylegan2-arithmetic.md §5).
 
 @persistence.persistent_class
 class MappingNetwork(torch.nn.Module):
-    """z (+ embedded c) → w: 2nd-moment normalisation, lr-multiplied FC stack, w_avg, truncation (§5)."""
+    """z (+ embedded c) → w: 2nd-moment normalisation, lr-multiplied FC stack, w_avg, truncation
+    (docs/stylegan2-arithmetic.md §5)."""
 
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: Optional[int], num_layers: int = 8,
                  embed_features: Optional[int] = None, layer_features: Optional[int] = None,
@@ -325,7 +332,7 @@ class MappingNetwork(torch.nn.Module):
             self.register_buffer('w_avg', torch.zeros([w_dim]))
 
     def _embed_inputs(self, z: Optional[torch.Tensor], c: Optional[torch.Tensor]) -> torch.Tensor:
-        """§5 step 1: n2m(z) concatenated with n2m(embed(c))."""
+        """docs/stylegan2-arithmetic.md §5 step 1: n2m(z) concatenated with n2m(embed(c))."""
         x = None
         if self.z_dim > 0:
             misc.assert_shape(z, [None, self.z_dim])
@@ -342,7 +349,7 @@ class MappingNetwork(torch.nn.Module):
         for idx in range(self.num_layers):
             x = getattr(self, f'fc{idx}')(x)
 
-        # §5 step 3: track w_avg (training mode only), before broadcast and truncation.
+        # docs/stylegan2-arithmetic.md §5 step 3: track w_avg (training mode only), before broadcast and truncation.
         if self.w_avg_beta is not None and self.training and not skip_w_avg_update:
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
@@ -363,11 +370,12 @@ class MappingNetwork(torch.nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Synthesis network (§7).
+# Synthesis network (docs/stylegan2-arithmetic.md §7).
 
 @persistence.persistent_class
 class SynthesisLayer(torch.nn.Module):
-    """Modulated 3×3 conv (optionally ×2 upsampling) + noise + bias + lrelu·√2·gain + clamp (§7.1)."""
+    """Modulated 3×3 conv (optionally ×2 upsampling) + noise + bias + lrelu·√2·gain + clamp
+    (docs/stylegan2-arithmetic.md §7.1)."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
                  up: int = 1, use_noise: bool = True, activation: str = 'lrelu', resample_filter: Any = (1, 3, 3, 1),
@@ -385,7 +393,7 @@ class SynthesisLayer(torch.nn.Module):
         self.padding = kernel_size // 2
         self.act_gain = _act_gain(activation)
 
-        # Registration/initialisation order (§7.1): affine.weight, weight, noise_const.
+        # Registration/initialisation order (docs/stylegan2-arithmetic.md §7.1): affine.weight, weight, noise_const.
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.weight = torch.nn.Parameter(
@@ -396,7 +404,8 @@ class SynthesisLayer(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
 
     def _noise(self, batch_size: int, device: torch.device, noise_mode: str) -> Optional[torch.Tensor]:
-        """§7.1 step 2: random [N,1,res,res] draw, the stored noise_const, or nothing; × noise_strength."""
+        """docs/stylegan2-arithmetic.md §7.1 step 2: random [N,1,res,res] draw, the stored noise_const, or nothing;
+        × noise_strength."""
         if not self.use_noise or noise_mode == 'none':
             return None
         if noise_mode == 'random':
@@ -424,7 +433,8 @@ class SynthesisLayer(torch.nn.Module):
 
 @persistence.persistent_class
 class ToRGBLayer(torch.nn.Module):
-    """Modulated 1×1 conv without demodulation, + bias, clamp (§7.2); the gain goes on the styles."""
+    """Modulated 1×1 conv without demodulation, + bias, clamp (docs/stylegan2-arithmetic.md §7.2); the gain goes on
+    the styles."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, kernel_size: int = 1,
                  conv_clamp: Optional[float] = None, channels_last: bool = False):
@@ -450,7 +460,8 @@ class ToRGBLayer(torch.nn.Module):
 
 @persistence.persistent_class
 class SynthesisBlock(torch.nn.Module):
-    """One resolution of the synthesis network: [const | conv0 ↑2] → conv1 → torgb / skip (§7.3)."""
+    """One resolution of the synthesis network: [const | conv0 ↑2] → conv1 → torgb / skip
+    (docs/stylegan2-arithmetic.md §7.3)."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  is_last: bool, architecture: str = 'skip', resample_filter: Any = (1, 3, 3, 1),
@@ -496,7 +507,7 @@ class SynthesisBlock(torch.nn.Module):
         batch_size = ws.shape[0]
         dtype = block_dtype(self.use_fp16, force_fp32, ws.device)
         memory_format = _memory_format(self.channels_last, dtype)
-        if fused_modconv is None:  # §7.3 step 1, decided per block
+        if fused_modconv is None:  # docs/stylegan2-arithmetic.md §7.3 step 1, decided per block
             fused_modconv = (not self.training) and (dtype == torch.float32 or batch_size == 1)
         w_idx = 0
 
@@ -535,18 +546,19 @@ class SynthesisBlock(torch.nn.Module):
 
 
 def _channels(res: int, channel_base: int, channel_max: int) -> int:
-    """ch(res) = min(channel_base // res, channel_max) (§7.4, §8.4)."""
+    """ch(res) = min(channel_base // res, channel_max) (docs/stylegan2-arithmetic.md §7.4, §8.4)."""
     return min(channel_base // res, channel_max)
 
 
 def _fp16_resolution(img_resolution_log2: int, num_fp16_res: int) -> int:
-    """Lowest resolution computed in fp16: max(2^(log2 R + 1 − num_fp16_res), 8) (§7.4)."""
+    """Lowest resolution computed in fp16: max(2^(log2 R + 1 − num_fp16_res), 8) (docs/stylegan2-arithmetic.md §7.4)."""
     return max(2 ** (img_resolution_log2 + 1 - num_fp16_res), 8)
 
 
 @persistence.persistent_class
 class SynthesisNetwork(torch.nn.Module):
-    """Blocks b4 … bR; ws split so that a block's torgb shares w with the next conv0 (§7.4)."""
+    """Blocks b4 … bR; ws split so that a block's torgb shares w with the next conv0
+    (docs/stylegan2-arithmetic.md §7.4)."""
 
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
                  channel_max: int = 512, num_fp16_res: int = 0, **block_kwargs: Any):
@@ -590,7 +602,8 @@ class SynthesisNetwork(torch.nn.Module):
 
 @persistence.persistent_class
 class Generator(torch.nn.Module):
-    """G(z, c) = synthesis(mapping(z, c, ψ, cutoff)) (§7.5). Synthesis is built first (init order)."""
+    """G(z, c) = synthesis(mapping(z, c, ψ, cutoff)) (docs/stylegan2-arithmetic.md §7.5). Synthesis is built first
+    (init order)."""
 
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, img_resolution: int, img_channels: int,
                  mapping_kwargs: Optional[dict] = None, synthesis_kwargs: Optional[dict] = None):
@@ -613,11 +626,12 @@ class Generator(torch.nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Discriminator (§8).
+# Discriminator (docs/stylegan2-arithmetic.md §8).
 
 @persistence.persistent_class
 class DiscriminatorBlock(torch.nn.Module):
-    """[fromrgb] → conv0 → conv1 ↓2 (+ resnet skip ↓2) (§8.1); Freeze-D via ``freeze_layers``."""
+    """[fromrgb] → conv0 → conv1 ↓2 (+ resnet skip ↓2) (docs/stylegan2-arithmetic.md §8.1); Freeze-D via
+    ``freeze_layers``."""
 
     def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, resolution: int, img_channels: int,
                  first_layer_idx: int, architecture: str = 'resnet', activation: str = 'lrelu',
@@ -685,7 +699,8 @@ class DiscriminatorBlock(torch.nn.Module):
 
 @persistence.persistent_class
 class MinibatchStdLayer(torch.nn.Module):
-    """Append the per-group feature std (§8.2). Group j = samples {j, j+n, j+2n, …} (strided)."""
+    """Append the per-group feature std (docs/stylegan2-arithmetic.md §8.2). Group j = samples {j, j+n, j+2n, …}
+    (strided)."""
 
     def __init__(self, group_size: Optional[int], num_channels: int = 1):
         super().__init__()
@@ -711,7 +726,8 @@ class MinibatchStdLayer(torch.nn.Module):
 
 @persistence.persistent_class
 class DiscriminatorEpilogue(torch.nn.Module):
-    """4×4 head: [fromrgb] → mbstd → conv → fc → out → projection on cmap (§8.3), always fp32."""
+    """4×4 head: [fromrgb] → mbstd → conv → fc → out → projection on cmap (docs/stylegan2-arithmetic.md §8.3),
+    always fp32."""
 
     def __init__(self, in_channels: int, cmap_dim: int, resolution: int, img_channels: int,
                  architecture: str = 'resnet', mbstd_group_size: Optional[int] = 4, mbstd_num_channels: int = 1,
@@ -756,7 +772,8 @@ class DiscriminatorEpilogue(torch.nn.Module):
 
 @persistence.persistent_class
 class Discriminator(torch.nn.Module):
-    """D(img, c): blocks bR … b8, label mapping (cmap), epilogue b4 (§8.4). Returns logits [N, 1]."""
+    """D(img, c): blocks bR … b8, label mapping (cmap), epilogue b4 (docs/stylegan2-arithmetic.md §8.4). Returns logits
+    [N, 1]."""
 
     def __init__(self, c_dim: int, img_resolution: int, img_channels: int, architecture: str = 'resnet',
                  channel_base: int = 32768, channel_max: int = 512, num_fp16_res: int = 0,
@@ -796,7 +813,7 @@ class Discriminator(torch.nn.Module):
 
     def _attach_chain(self, variant: str = 'chain', resolutions: Optional[list[int]] = None, place: str = 'C1C2CS',
                       **context_kwargs: Any) -> None:
-        """CHAIN in D (methods.md §6, C1): after conv0 (C1), conv1 (C2) and skip (CS) of the chosen
+        """CHAIN in D (docs/methods.md §6, C1): after conv0 (C1), conv1 (C2) and skip (CS) of the chosen
         blocks, between bias and activation (``Conv2dLayer.post_conv``); never fromrgb or b4.
 
         Adds buffers only (``chain_ctx.p``, ``chain_ctx.ema_sign``, ``*.post_conv.running_var_*``,

@@ -100,11 +100,11 @@ class StyleGAN2Backbone(Backbone):
             mapping_kwargs=dnnlib.EasyDict(num_layers=spec.map if opts.map is None else opts.map),
             synthesis_kwargs=dnnlib.EasyDict(channel_base=channel_base, channel_max=channel_max,
                                              num_fp16_res=fp16_res, conv_clamp=conv_clamp))
+        mbstd = spec.mbstd if opts.mbstd_group is None else opts.mbstd_group
         D_kwargs = dnnlib.EasyDict(
             class_name='training.networks.Discriminator', channel_base=channel_base, channel_max=channel_max,
             num_fp16_res=fp16_res, conv_clamp=conv_clamp, block_kwargs=dnnlib.EasyDict(),
-            mapping_kwargs=dnnlib.EasyDict(),
-            epilogue_kwargs=dnnlib.EasyDict(mbstd_group_size=spec.mbstd if opts.mbstd_group is None else opts.mbstd_group))
+            mapping_kwargs=dnnlib.EasyDict(), epilogue_kwargs=dnnlib.EasyDict(mbstd_group_size=mbstd))
         if opts.nhwc:
             G_kwargs.synthesis_kwargs.fp16_channels_last = True
             D_kwargs.block_kwargs.fp16_channels_last = True
@@ -139,7 +139,8 @@ class StyleGAN2Backbone(Backbone):
         return TrainingSetup(modules=dict(G=G, D=D, G_ema=G_ema, augment_pipe=augment_pipe), loss=loss,
                              phases=run_phases, ema=ema.build_ema(kw.ema_kwargs), states=dict(loss=loss))
 
-    def sampler(self, G: torch.nn.Module, *, noise_mode: str = 'const', truncation_psi: float = 1.0) -> StyleGAN2Sampler:
+    def sampler(self, G: torch.nn.Module, *, noise_mode: str = 'const',
+                truncation_psi: float = 1.0) -> StyleGAN2Sampler:
         return StyleGAN2Sampler(G, noise_mode=noise_mode, truncation_psi=truncation_psi)
 
     def print_summaries(self, setup: TrainingSetup, batch_gpu: int, device: torch.device) -> None:

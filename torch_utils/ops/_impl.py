@@ -1,6 +1,6 @@
 """The single switch point between the pure-PyTorch reference ops and the CUDA kernels.
 
-Spec: stylegan2-arithmetic.md §9 ("custom ops") and stylegan2-ada.md §7; spec README decision 10
+Spec: docs/stylegan2-arithmetic.md §9 ("custom ops") and docs/stylegan2-ada.md §7; docs/README.md decision 10
 ("reference ops are the truth": every custom CUDA op has a pure-PyTorch reference path that is
 the CPU default and the oracle in tests).
 
@@ -29,9 +29,10 @@ Contract with the backend (``get_backend()``; tests substitute a fake)
 - ``upfirdn2d(x, f, up=(ux, uy), down=(dx, dy), padding=(px0, px1, py0, py1), flip_filter, gain)``:
   ``f`` is the filter as given to ``upfirdn2d.upfirdn2d`` (a float 1-D/2-D tensor, or None
   meaning [[1]]); every argument is already parsed into the tuples shown; same result as
-  ``upfirdn2d.upfirdn2d(..., impl='ref')`` up to rounding (§1.2).
+  ``upfirdn2d.upfirdn2d(..., impl='ref')`` up to rounding (docs/stylegan2-arithmetic.md §1.2).
 - ``bias_act(x, b, dim, act, alpha, gain, clamp)``: ``dim`` is non-negative, ``alpha`` and
-  ``gain`` are floats with §2's defaults already filled in, ``clamp`` is a float >= 0 or None.
+  ``gain`` are floats with the defaults of docs/stylegan2-arithmetic.md §2 already filled in,
+  ``clamp`` is a float >= 0 or None.
 - Both return tensors with first- and second-order autograd support (the backend's job).
 """
 

@@ -1,6 +1,6 @@
 """The activation table of bias_act: the one source of truth for the reference op and its CUDA kernel.
 
-Spec: stylegan2-arithmetic.md §2 (table of activations: default alpha and gain, whether the
+Spec: docs/stylegan2-arithmetic.md §2 (table of activations: default alpha and gain, whether the
 derivative is evaluated from the input x or the output y, whether f'' is non-zero). The
 reference ``bias_act`` evaluates ``func``; the CUDA side (``cuda_kernels``) reads the other
 columns to wire its autograd Functions and adds only its kernel codes. The functions are
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 @dataclasses.dataclass(frozen=True)
 class ActivationSpec:
-    """One row of §2's table.
+    """One row of the table of docs/stylegan2-arithmetic.md §2.
 
     func(x, alpha) is the activation; ``ref`` says whether its derivative is evaluated from the
     saved input ('x') or output ('y'), '' for linear; ``has_2nd_grad`` whether f'' is non-zero.
@@ -85,7 +85,7 @@ activation_funcs: dict[str, ActivationSpec] = {spec.name: spec for spec in (
 
 
 def get_activation(act: str) -> ActivationSpec:
-    """The §2 table row of ``act``; a ValueError listing the valid names otherwise."""
+    """The docs/stylegan2-arithmetic.md §2 table row of ``act``; a ValueError listing the valid names otherwise."""
     spec = activation_funcs.get(act)
     if spec is None:
         raise ValueError(f'bias_act: unknown activation {act!r}; valid: {", ".join(activation_funcs)}')
@@ -94,7 +94,8 @@ def get_activation(act: str) -> ActivationSpec:
 
 def resolve_act_args(act: str, alpha: Optional[float], gain: Optional[float],
                      clamp: Optional[float]) -> tuple[float, float, Optional[float]]:
-    """Fill §2's defaults: alpha and gain None take the activation's; clamp stays None if unset."""
+    """Fill the defaults of docs/stylegan2-arithmetic.md §2: alpha and gain None take the activation's;
+    clamp stays None if unset."""
     spec = get_activation(act)
     return (float(spec.def_alpha if alpha is None else alpha), float(spec.def_gain if gain is None else gain),
             None if clamp is None else float(clamp))

@@ -1,12 +1,13 @@
 """bias_act: fused bias + activation + gain + clamp.
 
-Spec: stylegan2-arithmetic.md §2 (table of activations, fixed step order: bias, activation,
-gain only if != 1 exactly, clamp after gain), §9; stylegan2-ada.md §7. The table itself lives in
-``activations`` (re-exported here as ``activation_funcs``); the reference path is built from its
-framework activations, so it has first- and second-order gradients wherever the activation
-itself has them. This module sits on top of the CUDA side: it hands ``reference_bias_act`` to
-``cuda_kernels`` (the oracle of the kernel's self-check and its answer for calls the kernel does
-not cover) and lets ``_impl`` pick the path of each call.
+Spec: docs/stylegan2-arithmetic.md §2 (table of activations, fixed step order: bias, activation,
+gain only if != 1 exactly, clamp after gain), docs/stylegan2-arithmetic.md §9;
+docs/stylegan2-ada.md §7. The table itself lives in ``activations`` (re-exported here as
+``activation_funcs``); the reference path is built from its framework activations, so it has
+first- and second-order gradients wherever the activation itself has them. This module sits on
+top of the CUDA side: it hands ``reference_bias_act`` to ``cuda_kernels`` (the oracle of the
+kernel's self-check and its answer for calls the kernel does not cover) and lets ``_impl`` pick
+the path of each call.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ __all__ = ['ActivationSpec', 'activation_funcs', 'bias_act', 'get_activation', '
 def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, act: str = 'linear',
              alpha: Optional[float] = None, gain: Optional[float] = None, clamp: Optional[float] = None,
              impl: Optional[str] = None) -> torch.Tensor:
-    """y = clamp(f(x + b, alpha) * gain, -clamp, clamp), in §2's fixed order.
+    """y = clamp(f(x + b, alpha) * gain, -clamp, clamp), in the fixed order of docs/stylegan2-arithmetic.md §2.
 
     b: 1-D of length x.shape[dim] and x's dtype, broadcast along ``dim``. alpha/gain None take the
     activation's defaults; the gain multiply is skipped iff gain == 1 exactly; clamp (>= 0) bounds
@@ -53,7 +54,8 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
 
 def _bias_act_ref(x: torch.Tensor, b: Optional[torch.Tensor], dim: int, spec: ActivationSpec, alpha: float,
                   gain: float, clamp: Optional[float]) -> torch.Tensor:
-    """Reference path of §2 with resolved arguments: bias, activation, gain (if != 1), clamp."""
+    """Reference path of docs/stylegan2-arithmetic.md §2 with resolved arguments: bias, activation,
+    gain (if != 1), clamp."""
     if b is not None:
         x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
     x = spec.func(x, alpha)

@@ -1,6 +1,6 @@
 """conv2d_resample: 2-D convolution fused with FIR up/downsampling.
 
-Spec: stylegan2-arithmetic.md §3. Every execution path equals the "Meaning" of §3
+Spec: docs/stylegan2-arithmetic.md §3. Every execution path equals the "Meaning" of §3
 (upfirdn2d(up, padding P, gain up^2) -> valid grouped K -> upfirdn2d(down)) up to rounding; the
 path taken, (a)-(f), follows the official reference so that the rounding is the same too.
 K is a correlation with w for flip_weight=True and a true convolution for flip_weight=False.
@@ -22,7 +22,8 @@ PATHS = ('a', 'b', 'c', 'd', 'e', 'f')
 
 def _conv(x: torch.Tensor, w: torch.Tensor, stride: int = 1, padding: tuple[int, int] = (0, 0), groups: int = 1,
           transpose: bool = False, flip_weight: bool = True) -> torch.Tensor:
-    """conv2d / conv_transpose2d; w is reversed spatially first iff flip_weight is False (§3)."""
+    """conv2d / conv_transpose2d; w is reversed spatially first iff flip_weight is False
+    (docs/stylegan2-arithmetic.md §3)."""
     if not flip_weight and (w.shape[2] > 1 or w.shape[3] > 1):
         w = w.flip([2, 3])
     if transpose:
@@ -31,7 +32,8 @@ def _conv(x: torch.Tensor, w: torch.Tensor, stride: int = 1, padding: tuple[int,
 
 
 def execution_path(kw: int, kh: int, up: int, down: int, px0: int, px1: int, py0: int, py1: int) -> str:
-    """Which of §3's execution paths (a)-(f) runs, given the kernel size and the adjusted padding P."""
+    """Which of the execution paths (a)-(f) of docs/stylegan2-arithmetic.md §3 runs, given the kernel
+    size and the adjusted padding P."""
     if kw == 1 and kh == 1 and down > 1 and up == 1:
         return 'a'
     if kw == 1 and kh == 1 and up > 1 and down == 1:
@@ -66,7 +68,7 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: Optional[torch.Tensor] 
                     down: int = 1, padding: Padding = 0, groups: int = 1, flip_weight: bool = True,
                     flip_filter: bool = False) -> torch.Tensor:
     """Grouped conv of x [N, I, H, W] with w [O, I/groups, kh, kw], upsampling by ``up`` before and
-    downsampling by ``down`` after, both with FIR filter f (stylegan2-arithmetic.md §3).
+    downsampling by ``down`` after, both with FIR filter f (docs/stylegan2-arithmetic.md §3).
 
     padding (int, (px, py) or (px0, px1, py0, py1)) is relative to the upsampled image. flip_weight
     True: correlation with w (the framework's conv); False: true convolution.
@@ -110,7 +112,8 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: Optional[torch.Tensor] 
 
 def _transposed_path(x: torch.Tensor, w: torch.Tensor, f: Optional[torch.Tensor], up: int, down: int,
                      pad: list[int], groups: int, flip_weight: bool, flip_filter: bool) -> torch.Tensor:
-    """Path (d) of §3: rearrange w to [I, O/g, kh, kw], conv_transpose2d with stride up, then FIR."""
+    """Path (d) of docs/stylegan2-arithmetic.md §3: rearrange w to [I, O/g, kh, kw], conv_transpose2d
+    with stride up, then FIR."""
     out_channels, in_per_group, kh, kw = w.shape
     if groups == 1:
         w = w.transpose(0, 1)

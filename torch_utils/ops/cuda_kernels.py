@@ -1,10 +1,10 @@
 """The CUDA kernels of ``upfirdn2d`` and ``bias_act`` as autograd-aware functions.
 
-Issue "Custom CUDA ops"; semantics in stylegan2-arithmetic.md §1.2 (upfirdn2d), §2 (bias_act)
-and §9 (CUDA numerics). This module only runs the kernels of the plugin (``cuda_plugin``) with
-first- and second-order autograd and knows which calls they cover; whether they may be used at
-all (built and self-checked) is ``cuda_selfcheck``'s business, and which path each call of the
-public ops takes is ``_impl``'s.
+Issue "Custom CUDA ops"; semantics in docs/stylegan2-arithmetic.md §1.2 (upfirdn2d), §2 (bias_act)
+and docs/stylegan2-arithmetic.md §9 (CUDA numerics). This module only runs the kernels of the
+plugin (``cuda_plugin``) with first- and second-order autograd and knows which calls they cover;
+whether they may be used at all (built and self-checked) is ``cuda_selfcheck``'s business, and
+which path each call of the public ops takes is ``_impl``'s.
 
 - ``upfirdn2d(x, f, up=(ux, uy), down=(dx, dy), padding=(px0, px1, py0, py1), flip_filter, gain)``
   and ``bias_act(x, b, dim, act, alpha, gain, clamp)`` run the kernels. Calls the kernels do not
@@ -22,7 +22,7 @@ Autograd:
   (flip_filter toggled), the same gain and padding p0' = T - 1 - p0,
   p1' = n*up - m*down + p0 - up + 1 (which makes its output length exactly n). The backward
   calls the same Function, so gradients of any order work.
-- bias_act follows the "gradient from x / y" column of stylegan2-arithmetic.md §2 (the table in
+- bias_act follows the "gradient from x / y" column of docs/stylegan2-arithmetic.md §2 (the table in
   ``activations``): the first derivative is a kernel call (mode 1) on the saved input (swish) or
   output (the others); its own derivative w.r.t. the incoming gradient is mode 1 again and
   w.r.t. x is mode 2 (f''), for the activations with a second-order gradient. A third
@@ -48,7 +48,8 @@ MAX_FACTOR = 8   # kUpfirdn2dMaxFactor in kernels.h
 MAX_TAPS = 64    # kUpfirdn2dMaxTaps in kernels.h
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# Activation codes of the kernel (BiasActAct in kernels.h); the rest of §2's table is in activations.
+# Activation codes of the kernel (BiasActAct in kernels.h); the rest of the table of
+# docs/stylegan2-arithmetic.md §2 is in activations.
 ACT_CODES: dict[str, int] = {'linear': 0, 'relu': 1, 'lrelu': 2, 'tanh': 3, 'sigmoid': 4, 'elu': 5, 'selu': 6,
                              'softplus': 7, 'swish': 8}
 
@@ -114,7 +115,7 @@ class _UpfirdnCfg:
 
 
 def _filter_taps(f: torch.Tensor) -> tuple[int, int]:
-    """(fh, fw); a 1-D (separable) filter of T taps has fh = fw = T (§1.1)."""
+    """(fh, fw); a 1-D (separable) filter of T taps has fh = fw = T (docs/stylegan2-arithmetic.md §1.1)."""
     return (int(f.shape[0]), int(f.shape[-1]))
 
 
@@ -178,11 +179,11 @@ class _Upfirdn2dFn(torch.autograd.Function):
 
 def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: Sequence[int] = (1, 1), down: Sequence[int] = (1, 1),
               padding: Sequence[int] = (0, 0, 0, 0), flip_filter: bool = False, gain: float = 1.0) -> torch.Tensor:
-    """upfirdn2d on the CUDA kernel (stylegan2-arithmetic.md §1.2), reference for uncovered calls.
+    """upfirdn2d on the CUDA kernel (docs/stylegan2-arithmetic.md §1.2), reference for uncovered calls.
 
     ``up``/``down`` are (x, y) pairs, ``padding`` is (px0, px1, py0, py1).
     ``f`` is a float32 1-D (separable) or 2-D filter as made by ``setup_filter``, or None (= [[1]]).
-    The kernel multiplies the fp32 accumulator by ``gain`` and rounds once (§1.2).
+    The kernel multiplies the fp32 accumulator by ``gain`` and rounds once (docs/stylegan2-arithmetic.md §1.2).
     """
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
@@ -326,10 +327,11 @@ def bias_act_unsupported(x: torch.Tensor, b: Optional[torch.Tensor], dim: int, a
 def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, act: str = 'linear',
              alpha: Optional[float] = None, gain: Optional[float] = None,
              clamp: Optional[float] = None) -> torch.Tensor:
-    """bias_act on the CUDA kernel (stylegan2-arithmetic.md §2), reference for uncovered calls.
+    """bias_act on the CUDA kernel (docs/stylegan2-arithmetic.md §2), reference for uncovered calls.
 
     Computes in fp32 and rounds once; the clamp gradient passes where |y| < clamp strictly;
-    softplus is linear above 80 (§2's CUDA column). ``alpha``/``gain`` None take §2's defaults.
+    softplus is linear above 80 (docs/stylegan2-arithmetic.md §2, CUDA vs reference).
+    ``alpha``/``gain`` None take the defaults of docs/stylegan2-arithmetic.md §2.
     """
     dim = dim + x.ndim if dim < 0 else dim
     if act in activation_funcs:

@@ -1,6 +1,6 @@
 """The CUDA plugin of upfirdn2d and bias_act: its sources, building/loading it, its ABI check.
 
-Build behaviour: stylegan2-ada.md §7 and §13 (issue "Custom CUDA ops"). The plugin is compiled
+Build behaviour: docs/stylegan2-ada.md §7 and §13 (issue "Custom CUDA ops"). The plugin is compiled
 from ``ops_binding.cpp`` and the ``.cu`` kernels next to this file by
 ``torch_utils.custom_ops.get_plugin`` (which caches it on disk and in the process and raises
 ``PluginBuildError`` with a one-line reason when the toolchain is incomplete). ``get_plugin()``

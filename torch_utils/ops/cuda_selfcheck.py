@@ -1,6 +1,6 @@
 """Whether the CUDA kernels may be used: the self-check against the reference ops, and its verdict.
 
-Issue "Custom CUDA ops"; numerics in stylegan2-arithmetic.md §9, behaviour in stylegan2-ada.md
+Issue "Custom CUDA ops"; numerics in docs/stylegan2-arithmetic.md §9, behaviour in docs/stylegan2-ada.md
 §7. This is the CUDA side of the contract with ``torch_utils.ops._impl``:
 
 - ``is_ready(op)`` is True only when the plugin built (``cuda_plugin``) **and** the op's
@@ -106,7 +106,7 @@ def reset() -> None:
 # reference rounds after every step, the kernel once: a few ulps, i.e. ~7e-4 in fp16 and ~1e-2
 # in bf16 relative to the largest value; a wrong kernel is off by far more). With a clamp, elements whose reference
 # output lies within a few ulps of ±clamp are left out of gradient comparisons: there the two
-# paths legitimately disagree (§2: strict vs inclusive rule after rounding).
+# paths legitimately disagree (docs/stylegan2-arithmetic.md §2: strict vs inclusive rule after rounding).
 
 TOLERANCES = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 4e-2}
 

@@ -1,7 +1,7 @@
 """fma(a, b, c) = a * b + c as one ``torch.addcmul``, with gradients reduced to each input's shape.
 
-Spec: stylegan2-ada.md §7 ("fma: addcmul with unbroadcast-aware backward"); used by the non-fused
-modulated convolution (stylegan2-arithmetic.md §6) as x * dcoefs + noise. The backward is made
+Spec: docs/stylegan2-ada.md §7 ("fma: addcmul with unbroadcast-aware backward"); used by the non-fused
+modulated convolution (docs/stylegan2-arithmetic.md §6) as x * dcoefs + noise. The backward is made
 of differentiable tensor ops, so second-order gradients (R1/PL through G or D) work.
 """
 

@@ -1,7 +1,7 @@
 """upfirdn2d: upsample by zero insertion, pad/crop, FIR filter, downsample (per channel).
 
-Spec: stylegan2-arithmetic.md §1 (setup_filter §1.1, upfirdn2d §1.2, wrappers §1.3) and §9;
-stylegan2-ada.md §7. The reference path below reproduces the official reference path step for
+Spec: docs/stylegan2-arithmetic.md §1 (setup_filter §1.1, upfirdn2d §1.2, wrappers §1.3) and §9;
+docs/stylegan2-ada.md §7. The reference path below reproduces the official reference path step for
 step (zero insertion, F.pad, slicing, depthwise ``F.conv2d`` with the gain folded into the filter,
 two 1-D passes for a separable filter), so it rounds the same way. It is differentiable to any
 order because it is built only from framework primitives. This module sits on top of the CUDA
@@ -24,7 +24,7 @@ Padding = Union[int, Sequence[int]]
 
 
 # ---------------------------------------------------------------------------------------------
-# Argument parsing (§1.2).
+# Argument parsing (docs/stylegan2-arithmetic.md §1.2).
 
 def _parse_scaling(scaling: Scaling, name: str = 'scaling') -> tuple[int, int]:
     """int s -> (s, s); an (sx, sy) pair -> (sx, sy). Each factor must be an int >= 1."""
@@ -70,7 +70,7 @@ def _check_filter(f: Optional[torch.Tensor]) -> None:
 
 
 def _get_filter_size(f: Optional[torch.Tensor]) -> tuple[int, int]:
-    """(fw, fh) of a filter (§1.1): last axis, first axis; None -> (1, 1)."""
+    """(fw, fh) of a filter (docs/stylegan2-arithmetic.md §1.1): last axis, first axis; None -> (1, 1)."""
     if f is None:
         return 1, 1
     _check_filter(f)
@@ -81,16 +81,17 @@ get_filter_size = _get_filter_size
 
 
 def output_size(in_size: int, up: int, pad0: int, pad1: int, taps: int, down: int) -> int:
-    """Output length along one axis (§1.2): floor((n*up + p0 + p1 - taps) / down) + 1."""
+    """Output length along one axis (docs/stylegan2-arithmetic.md §1.2): floor((n*up + p0 + p1 - taps) / down) + 1."""
     return (in_size * up + pad0 + pad1 - taps) // down + 1
 
 
 # ---------------------------------------------------------------------------------------------
-# setup_filter (§1.1).
+# setup_filter (docs/stylegan2-arithmetic.md §1.1).
 
 def setup_filter(f: Any, device: torch.device = torch.device('cpu'), normalize: bool = True,
                  flip_filter: bool = False, gain: float = 1, separable: Optional[bool] = None) -> torch.Tensor:
-    """Turn a list/array/tensor of taps into the float32 filter tensor upfirdn2d expects (§1.1).
+    """Turn a list/array/tensor of taps into the float32 filter tensor upfirdn2d expects
+    (docs/stylegan2-arithmetic.md §1.1).
 
     None means the scalar 1; a 0-d value becomes a 1-tap 1-D filter. A 1-D filter stays 1-D
     (separable) iff ``separable`` is True, or it is None and the filter has >= 8 taps; otherwise
@@ -121,12 +122,13 @@ def setup_filter(f: Any, device: torch.device = torch.device('cpu'), normalize: 
 
 
 # ---------------------------------------------------------------------------------------------
-# upfirdn2d (§1.2).
+# upfirdn2d (docs/stylegan2-arithmetic.md §1.2).
 
 def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: Scaling = 1, down: Scaling = 1,
               padding: Padding = 0, flip_filter: bool = False, gain: float = 1,
               impl: Optional[str] = None) -> torch.Tensor:
-    """Upsample (zero insertion), pad/crop, FIR-filter and downsample every channel of x (§1.2).
+    """Upsample (zero insertion), pad/crop, FIR-filter and downsample every channel of x
+    (docs/stylegan2-arithmetic.md §1.2).
 
     x: [N, C, H, W]. f: 1-D (two separable passes) or 2-D filter from ``setup_filter``, or None
     (= [[1]]). up/down: int or (x, y). padding: int, (px, py) or (px0, px1, py0, py1); negative
@@ -155,7 +157,7 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: Scaling = 1, down:
 
 def _upfirdn2d_ref(x: torch.Tensor, f: Optional[torch.Tensor], upx: int, upy: int, downx: int, downy: int,
                    px0: int, px1: int, py0: int, py1: int, flip_filter: bool, gain: float) -> torch.Tensor:
-    """The reference path of §1.2, steps 1-4, with parsed arguments."""
+    """The reference path of docs/stylegan2-arithmetic.md §1.2, steps 1-4, with parsed arguments."""
     n, c, h, w = x.shape
     # 1. Zero insertion: the up-1 zeros follow each sample.
     if upx > 1 or upy > 1:
@@ -199,11 +201,12 @@ cuda_kernels.register_reference('upfirdn2d', reference_upfirdn2d)
 
 
 # ---------------------------------------------------------------------------------------------
-# Wrappers (§1.3): their padding is extra padding on top of the automatic one.
+# Wrappers (docs/stylegan2-arithmetic.md §1.3): their padding is extra padding on top of the automatic one.
 
 def filter2d(x: torch.Tensor, f: Optional[torch.Tensor], padding: Padding = 0, flip_filter: bool = False,
              gain: float = 1, impl: Optional[str] = None) -> torch.Tensor:
-    """Filter without resampling; output size equals input size plus the extra padding (§1.3)."""
+    """Filter without resampling; output size equals input size plus the extra padding
+    (docs/stylegan2-arithmetic.md §1.3)."""
     px0, px1, py0, py1 = _parse_padding(padding)
     fw, fh = _get_filter_size(f)
     p = [px0 + fw // 2, px1 + (fw - 1) // 2, py0 + fh // 2, py1 + (fh - 1) // 2]
@@ -212,7 +215,7 @@ def filter2d(x: torch.Tensor, f: Optional[torch.Tensor], padding: Padding = 0, f
 
 def upsample2d(x: torch.Tensor, f: Optional[torch.Tensor], up: Scaling = 2, padding: Padding = 0,
                flip_filter: bool = False, gain: float = 1, impl: Optional[str] = None) -> torch.Tensor:
-    """Upsample by ``up`` with the filter, gain * ux * uy to keep the DC level (§1.3)."""
+    """Upsample by ``up`` with the filter, gain * ux * uy to keep the DC level (docs/stylegan2-arithmetic.md §1.3)."""
     upx, upy = _parse_scaling(up, 'up')
     px0, px1, py0, py1 = _parse_padding(padding)
     fw, fh = _get_filter_size(f)
@@ -222,7 +225,7 @@ def upsample2d(x: torch.Tensor, f: Optional[torch.Tensor], up: Scaling = 2, padd
 
 def downsample2d(x: torch.Tensor, f: Optional[torch.Tensor], down: Scaling = 2, padding: Padding = 0,
                  flip_filter: bool = False, gain: float = 1, impl: Optional[str] = None) -> torch.Tensor:
-    """Filter and downsample by ``down``, no extra gain (§1.3)."""
+    """Filter and downsample by ``down``, no extra gain (docs/stylegan2-arithmetic.md §1.3)."""
     downx, downy = _parse_scaling(down, 'down')
     px0, px1, py0, py1 = _parse_padding(padding)
     fw, fh = _get_filter_size(f)

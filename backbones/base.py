@@ -24,6 +24,7 @@ and the controller list (docs/training.md); a backbone never wires them itself.
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 from typing import Any, ClassVar, Optional, Protocol
 
@@ -198,6 +199,17 @@ def check_preset(backbone: 'Backbone', cfg: Optional[str]) -> str:
     if cfg not in backbone.presets:
         raise UserError(f'--cfg must be one of {", ".join(backbone.presets)} for --backbone={backbone.name}')
     return cfg
+
+
+def build_generator_and_discriminator(ctx: BuildContext, G_kwargs: dict, D_kwargs: dict
+                                      ) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """(G, D, G_ema) from their kwargs (``class_name`` + constructor arguments) and the dataset's
+    ``c_dim``, ``img_resolution``, ``img_channels``: G and D in training mode without gradients
+    (each phase switches its module's on), G_ema a copy of G in eval mode. Draw order: G, then D."""
+    common = dict(c_dim=ctx.c_dim, img_resolution=ctx.img_resolution, img_channels=ctx.img_channels)
+    G = dnnlib.util.construct_class_by_name(**G_kwargs, **common).train().requires_grad_(False).to(ctx.device)
+    D = dnnlib.util.construct_class_by_name(**D_kwargs, **common).train().requires_grad_(False).to(ctx.device)
+    return G, D, copy.deepcopy(G).eval()
 
 
 def make_augment_pipe(ctx: BuildContext) -> Optional[torch.nn.Module]:

@@ -16,9 +16,8 @@ import torch
 
 import backbones
 import dnnlib
-from tests.test_training_loop import assert_same_training_state
-from training import config, controllers, snapshot_io
-from training.training_loop import training_loop
+from tests.test_training_loop import assert_same_training_state, loop_args, run
+from training import controllers, snapshot_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_ENV = dict(os.environ, DEGAN_BACKBONES='toy=tests.toy_backbone')
@@ -30,18 +29,8 @@ def _toy_registered():
 
 
 def toy_args(tmp_path, **flags) -> dnnlib.EasyDict:
-    opts = dict(outdir=str(tmp_path), data='builtin:16', backbone='toy', batch=4, kimg=0.024, metrics=[], workers=1,
-                tick=0.008, snap=1, seed=1)
-    opts.update(flags)
-    _desc, args = config.build_training_args(config.TrainOptions.from_flags(opts))
-    args.data_loader_kwargs = dnnlib.EasyDict(num_workers=0)
-    args.device = 'cpu'
-    return args
-
-
-def run(args, run_dir, **kwargs):
-    os.makedirs(run_dir, exist_ok=True)
-    return training_loop(run_dir=str(run_dir), rank=0, **dict(args, **kwargs))
+    return loop_args(dict(dict(outdir=str(tmp_path), data='builtin:16', backbone='toy', batch=4, kimg=0.024,
+                               metrics=[], workers=1, tick=0.008, snap=1, seed=1), **flags))
 
 
 def read_stats(run_dir) -> list[dict]:

@@ -15,7 +15,7 @@ import torch
 
 import calc_metrics
 from dnnlib import util
-from metrics import frechet_inception_distance, metric_utils
+from metrics import frechet_inception_distance
 from torch_utils import persistence
 from training import networks
 from training.dataset import IMAGE_FILES_CLASS, IMAGE_FOLDER_CLASS, ImageFilesDataset, image_files_kwargs, \

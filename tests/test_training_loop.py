@@ -26,14 +26,18 @@ from training.training_loop import training_loop
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_args(tmp_path, **overrides) -> dnnlib.EasyDict:
-    opts = dict(outdir=str(tmp_path), data='builtin:16', cfg='low_shot', cbase=256, cmax=16, batch=4, kimg=0.024,
-                fp32=True, metrics=[], workers=1, tick=0.008, snap=1, map=2)
-    opts.update(overrides)
-    _desc, args = config.build_training_args(config.TrainOptions.from_flags(opts))
-    args.backbone_kwargs.G_kwargs.z_dim = args.backbone_kwargs.G_kwargs.w_dim = 32
+def loop_args(flags: dict) -> dnnlib.EasyDict:
+    """training_loop kwargs of train.py flags, loading in-process on the CPU."""
+    _desc, args = config.build_training_args(config.TrainOptions.from_flags(flags))
     args.data_loader_kwargs = dnnlib.EasyDict(num_workers=0)
     args.device = 'cpu'
+    return args
+
+
+def tiny_args(tmp_path, **overrides) -> dnnlib.EasyDict:
+    args = loop_args(dict(dict(outdir=str(tmp_path), data='builtin:16', cfg='low_shot', cbase=256, cmax=16, batch=4,
+                               kimg=0.024, fp32=True, metrics=[], workers=1, tick=0.008, snap=1, map=2), **overrides))
+    args.backbone_kwargs.G_kwargs.z_dim = args.backbone_kwargs.G_kwargs.w_dim = 32
     return args
 
 

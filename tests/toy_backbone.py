@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 import dnnlib
 from backbones.base import (Backbone, BackboneConfig, BuildContext, ConfigContext, TrainingSetup,
-                            apply_length_and_batch, check_preset, make_augment_pipe)
+                            apply_length_and_batch, build_generator_and_discriminator, check_preset,
+                            make_augment_pipe)
 from patches.chain import Chain, ChainContext
 from torch_utils import persistence, training_stats
 from training import ema, losses
@@ -207,10 +208,7 @@ class ToyBackbone(Backbone):
 
     def build(self, ctx: BuildContext) -> TrainingSetup:
         kw = dnnlib.EasyDict(ctx.kwargs)
-        common = dict(c_dim=ctx.c_dim, img_resolution=ctx.img_resolution, img_channels=ctx.img_channels)
-        G = dnnlib.util.construct_class_by_name(**kw.G_kwargs, **common).train().requires_grad_(False).to(ctx.device)
-        D = dnnlib.util.construct_class_by_name(**kw.D_kwargs, **common).train().requires_grad_(False).to(ctx.device)
-        G_ema = copy.deepcopy(G).eval()
+        G, D, G_ema = build_generator_and_discriminator(ctx, kw.G_kwargs, kw.D_kwargs)
         D_ema = copy.deepcopy(D).eval()
         augment_pipe = make_augment_pipe(ctx)
         loss = ToyHingeLoss(ctx.device, G, D, augment_pipe, broken=kw.broken)

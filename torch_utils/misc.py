@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np

@@ -23,7 +23,7 @@ from backbones.base import ConfigContext
 from dnnlib.util import UserError
 from training.dataset import image_folder_kwargs, reference_dataset_kwargs, require_existing_paths
 from training.method_options import METHOD_GROUPS, ATopkOptions, AugmentOptions, ChainOptions
-from training.options import OptionGroup, flag, group_fields
+from training.options import OptionGroup, flag, flag_name, group_fields
 
 
 @dataclasses.dataclass
@@ -118,13 +118,13 @@ class TrainOptions:
         known = {f.name for group in option_groups() for f in group_fields(group)}
         unknown = sorted(set(flags) - known)
         if unknown:
-            raise UserError(f'unknown option --{unknown[0].replace("_", "-")}')
+            raise UserError(f'unknown option {flag_name(unknown[0])}')
         for name, group in groups.items():
             if name == backbone.name:
                 continue
             foreign = sorted({f.name for f in group_fields(group)} & given - _fields(backbone.options))
             if foreign:
-                raise UserError(f'--{foreign[0].replace("_", "-")} belongs to --backbone={name}, '
+                raise UserError(f'{flag_name(foreign[0])} belongs to --backbone={name}, '
                                 f'not --backbone={backbone.name}')
         return cls(common=common, backbone=_take(backbone.options, flags), augment=_take(AugmentOptions, flags),
                    atopk=_take(ATopkOptions, flags), chain=_take(ChainOptions, flags))

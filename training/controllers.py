@@ -7,9 +7,9 @@ the signs of D's real logits, but keep their own rules and states. Here:
 * one :class:`patches.overfit.RealSignCollector` is the loss' only real-logit listener; at the
   end of each iteration its moments (all real passes / Dmain passes only) are handed to every
   controller in :class:`IterationInfo`;
-* :class:`ControllerList` runs the controllers in a fixed, documented order (docs/training.md §3):
-  ``begin_iteration`` before the phases, ``end_iteration`` after G_ema and the counters —
-  CHAIN p → ADA p → backbone controllers → ATop-k (p, then k; it may read ADA's p);
+* :class:`ControllerList` runs the controllers in the fixed order of docs/training.md §3
+  (``begin_iteration`` before the phases, ``end_iteration`` after G_ema and the counters), the
+  order in which :func:`build_controllers` lists them;
 * after the first iteration :meth:`ControllerList.verify_hooks` stops the run when a method is
   switched on but the backbone's loss never went through its hook (``MethodHookError``).
 

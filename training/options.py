@@ -69,11 +69,6 @@ class OptionGroup:
     def validate(self) -> None:
         """Checks that involve several flags of this group (raise ``UserError`` naming the flag)."""
 
-    def given(self) -> dict[str, Any]:
-        """The flags whose value differs from the default (for messages and run names)."""
-        return {f.name: getattr(self, f.name) for f in group_fields(type(self))
-                if getattr(self, f.name) != _default_of(f)}
-
 
 def _default_of(field: dataclasses.Field) -> Any:
     if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]

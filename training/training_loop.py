@@ -3,18 +3,9 @@
 The loop names no architecture: everything backbone-specific (networks, loss, phases and
 optimisers, EMA rule, sampling, extra modules and states) comes from the ``--backbone``'s
 :class:`backbones.base.TrainingSetup`; the paper methods act through the loss base class and
-the controller list (:mod:`training.controllers`). The order of one iteration is written down
-once, in docs/training.md §3, and is what :meth:`_Run.iteration` does:
-
-1. controllers' ``begin_iteration`` (pre-iteration hooks);
-2. the real batch, then the latents and labels of every phase (upstream's draw order);
-3. each due phase (e.g. Gmain → Greg → Dmain → Dreg): zero grads, accumulate over the rounds,
-   average over processes, optimiser step; after the first iteration in which every optimiser
-   stepped, the fail-loud check of every switched-on method (``ControllerList.verify_hooks``);
-4. the backbone's EMA rule updates G_ema;
-5. ``cur_nimg += batch``, ``batch_idx += 1``;
-6. controllers' ``end_iteration`` in their fixed order: CHAIN p → ADA p → backbone controllers
-   → ATop-k (p, then k).
+the controller list (:mod:`training.controllers`). The order of one iteration — pre-iteration
+hooks, inputs, phases (then, once, the fail-loud checks), EMA, counters, controllers — is
+written down in one place, docs/training.md §3, and :meth:`_Run.iteration` follows it.
 
 Bookkeeping follows StyleGAN2-ADA (docs/stylegan2-ada.md §5). Differences from upstream, all
 deliberate: snapshots are safe ``.pt`` files holding the *whole* training state (named modules

@@ -22,7 +22,8 @@ import torch
 
 import dnnlib
 from backbones.base import (Backbone, BackboneConfig, BuildContext, ConfigContext, TrainingSetup,
-                            apply_length_and_batch, check_preset, make_augment_pipe)
+                            apply_length_and_batch, build_generator_and_discriminator, check_preset,
+                            make_augment_pipe)
 from backbones.stylegan2.options import CFG_SPECS, StyleGAN2Options
 from dnnlib.util import UserError
 from torch_utils import misc, training_stats
@@ -127,10 +128,7 @@ class StyleGAN2Backbone(Backbone):
 
     def build(self, ctx: BuildContext) -> TrainingSetup:
         kw = dnnlib.EasyDict(ctx.kwargs)
-        common = dict(c_dim=ctx.c_dim, img_resolution=ctx.img_resolution, img_channels=ctx.img_channels)
-        G = dnnlib.util.construct_class_by_name(**kw.G_kwargs, **common).train().requires_grad_(False).to(ctx.device)
-        D = dnnlib.util.construct_class_by_name(**kw.D_kwargs, **common).train().requires_grad_(False).to(ctx.device)
-        G_ema = copy.deepcopy(G).eval()
+        G, D, G_ema = build_generator_and_discriminator(ctx, kw.G_kwargs, kw.D_kwargs)
         augment_pipe = make_augment_pipe(ctx)
         loss = dnnlib.util.construct_class_by_name(device=ctx.device, G=G, D=D, augment_pipe=augment_pipe,
                                                    **kw.loss_kwargs)

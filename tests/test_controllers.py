@@ -72,3 +72,21 @@ def test_states_are_named_by_controller():
     log: list = []
     _loss, _pipe, ctl = _build(log)
     assert set(ctl.states()) == {'ada', 'atopk'}  # CHAIN's p lives in D's buffers; the recorder has none
+
+
+def test_verify_hooks_names_the_backbone_and_the_unused_hook():
+    log: list = []
+    loss, _pipe, ctl = _build(log)
+    with pytest.raises(controllers.MethodHookError, match="backbone 'test': --chain=1 but its D never ran a labelled"):
+        ctl.verify_hooks(loss, 'test')
+    loss.hook_calls.update(['observe_real_logits', 'pass:dreal'])
+    with pytest.raises(controllers.MethodHookError, match='no CHAIN layer ran'):
+        ctl.verify_hooks(loss, 'test')
+    ctl.get('chain').chain_ctx.layer_calls['dreal'] += 1
+    with pytest.raises(controllers.MethodHookError, match="backbone 'test': the D augmentation pipe"):
+        ctl.verify_hooks(loss, 'test')
+    loss.hook_calls['augment'] += 1
+    with pytest.raises(controllers.MethodHookError, match='reduce_generator_adv_loss'):
+        ctl.verify_hooks(loss, 'test')
+    loss.hook_calls['reduce_generator_adv_loss'] += 1
+    ctl.verify_hooks(loss, 'test')  # every hook used: no error

@@ -74,7 +74,17 @@ class Controller:
         pass
 
 
-class AugmentController(Controller):
+class AugmentUseCheck(Controller):
+    """A D augmentation pipe without p (DiffAugment): nothing to adapt, but it must run."""
+    name = 'augment'
+
+    def verify_hooks(self, loss: Any, backbone: str) -> None:
+        if loss.hook_calls['augment'] == 0:
+            raise MethodHookError(f"backbone '{backbone}': the D augmentation pipe (--aug/--diffaugment) never ran; "
+                                  'its loss must evaluate D through GANLoss.run_D (or call GANLoss.augment)')
+
+
+class AugmentController(AugmentUseCheck):
     """The D augmentation pipe's p: ADA's tracker bound to ``augment_pipe.p`` (docs/methods.md §3.1), or fixed."""
     name = 'ada'
     status_rank = 0
@@ -91,9 +101,7 @@ class AugmentController(Controller):
         self.tracker.update(info.batch_idx)
 
     def verify_hooks(self, loss: Any, backbone: str) -> None:
-        if loss.hook_calls['augment'] == 0:
-            raise MethodHookError(f"backbone '{backbone}': the D augmentation pipe (--aug/--diffaugment) never ran; "
-                                  'its loss must evaluate D through GANLoss.run_D (or call GANLoss.augment)')
+        super().verify_hooks(loss, backbone)
         if self.tracker is not None and loss.hook_calls['observe_real_logits'] == 0:
             raise MethodHookError(f"backbone '{backbone}': --aug=ada but no real logits reached ADA's tracker; "
                                   'its loss must report them with GANLoss.observe_real_logits')
@@ -241,7 +249,7 @@ def build_controllers(*, loss: Any, chain_ctx: Any, augment_pipe: Optional[torch
             ada = OverfitTracker(batch_size, target=ada_target, interval=ada_interval, kimg=ada_kimg).bind(augment_pipe.p)
         ordered.append(AugmentController(augment_pipe, ada))
     elif augment_pipe is not None:
-        ordered.append(_AugmentUseCheck())
+        ordered.append(AugmentUseCheck())
 
     ordered += backbone_controllers
 
@@ -257,13 +265,3 @@ def build_controllers(*, loss: Any, chain_ctx: Any, augment_pipe: Optional[torch
         loss.generator_loss_reducer = atopk
         ordered.append(ATopkController(atopk))
     return ControllerList(ordered, collector)
-
-
-class _AugmentUseCheck(Controller):
-    """A p-less augmentation pipe (DiffAugment): nothing to adapt, but it must run."""
-    name = 'augment'
-
-    def verify_hooks(self, loss: Any, backbone: str) -> None:
-        if loss.hook_calls['augment'] == 0:
-            raise MethodHookError(f"backbone '{backbone}': the D augmentation pipe (--diffaugment) never ran; "
-                                  'its loss must evaluate D through GANLoss.run_D (or call GANLoss.augment)')

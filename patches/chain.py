@@ -67,6 +67,8 @@ from typing import Iterator, Optional
 import torch
 import torch.distributed as dist
 
+from patches.overfit import sign_moments
+
 LABELS = ('dreal', 'dfake', 'gfake')
 VARIANTS = ('chain', 'chain_batch')
 _VARIANT_ALIASES = {'chain': 'chain', 'cumulative': 'chain', 'chain_batch': 'chain_batch', 'batch': 'chain_batch'}
@@ -195,11 +197,7 @@ class ChainContext(torch.nn.Module):
         over all (non-NaN) elements of all ranks (all-reduced sum and count), then
         p ← clip(p + Δp·sign(a − τ), 0, 1). Every rank must call it (collective).
         """
-        if real_logits is None:
-            return self.update_p_from_moments(None, iteration)
-        logits = real_logits.detach()
-        valid = ~torch.isnan(logits)
-        moments = torch.stack([valid.sum(dtype=torch.float64), torch.where(valid, logits.sign(), 0).sum(dtype=torch.float64)])
+        moments = None if real_logits is None else sign_moments(real_logits)
         return self.update_p_from_moments(moments, iteration)
 
     def update_p_from_moments(self, moments: Optional[torch.Tensor], iteration: int) -> float:

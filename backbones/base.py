@@ -177,15 +177,13 @@ def apply_length_and_batch(ctx: ConfigContext, total_kimg: float, batch_size: in
 
     Returns (run-name part, total_kimg, batch_size, batch_gpu).
     """
-    desc = ''
+    desc = ''  # --kimg > 0 and --batch >= 1 are the flags' own ranges (training/config.py)
     if ctx.kimg is not None:
-        if not ctx.kimg > 0:
-            raise UserError('--kimg must be positive')
         desc += f'-kimg{ctx.kimg:g}'
         total_kimg = ctx.kimg
     if ctx.batch is not None:
-        if not (ctx.batch >= 1 and ctx.batch % ctx.gpus == 0):
-            raise UserError('--batch must be at least 1 and divisible by --gpus')
+        if ctx.batch % ctx.gpus != 0:
+            raise UserError('--batch must be divisible by --gpus')
         desc += f'-batch{ctx.batch}'
         batch_size, batch_gpu = ctx.batch, ctx.batch // ctx.gpus
     if batch_size % (batch_gpu * ctx.gpus) != 0:

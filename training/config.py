@@ -114,17 +114,13 @@ class TrainOptions:
         given = set(flags) if given is None else set(given)
         common = _take(CommonOptions, flags)
         backbone = backbones.get(common.backbone)
-        groups = {b.name: b.options for b in backbones.all_backbones()}
-        known = {f.name for group in option_groups() for f in group_fields(group)}
-        unknown = sorted(set(flags) - known)
+        unknown = sorted(set(flags) - set().union(*map(_fields, option_groups())))
         if unknown:
             raise UserError(f'unknown option {flag_name(unknown[0])}')
-        for name, group in groups.items():
-            if name == backbone.name:
-                continue
-            foreign = sorted({f.name for f in group_fields(group)} & given - _fields(backbone.options))
+        for other in backbones.all_backbones():
+            foreign = sorted(_fields(other.options) & given - _fields(backbone.options))
             if foreign:
-                raise UserError(f'{flag_name(foreign[0])} belongs to --backbone={name}, '
+                raise UserError(f'{flag_name(foreign[0])} belongs to --backbone={other.name}, '
                                 f'not --backbone={backbone.name}')
         return cls(common=common, backbone=_take(backbone.options, flags), augment=_take(AugmentOptions, flags),
                    atopk=_take(ATopkOptions, flags), chain=_take(ChainOptions, flags))
@@ -167,10 +163,11 @@ def build_training_args(opts: TrainOptions) -> tuple[str, dnnlib.EasyDict]:
     args.metrics = ['fid50k_full'] if common.metrics is None else list(common.metrics)
     args.metric_kwargs = _metric_kwargs(common, args.metrics)
     desc, resolution = _dataset_config(common, args)
+    args.chain_kwargs = opts.chain.layer_kwargs()
 
     configured = backbone.configure(ConfigContext(
         options=opts.backbone, cfg=common.cfg, gpus=common.gpus, resolution=resolution, kimg=common.kimg,
-        batch=common.batch, glr=common.glr, dlr=common.dlr, chain=opts.chain.layer_kwargs()))
+        batch=common.batch, glr=common.glr, dlr=common.dlr, chain=args.chain_kwargs))
     desc += ('' if backbone.name == backbones.DEFAULT else f'-{backbone.name}') + configured.desc
     args.backbone_kwargs = configured.kwargs
     args.total_kimg = configured.total_kimg
@@ -184,7 +181,6 @@ def build_training_args(opts: TrainOptions) -> tuple[str, dnnlib.EasyDict]:
     desc += _resume_config(common, args) + configured.transfer_desc
     _performance_config(common, args)
     desc += opts.atopk.configure(args, opts.augment.mode, common.seed)
-    args.chain_kwargs = opts.chain.layer_kwargs()
     desc += opts.chain.describe()
     return desc, args
 

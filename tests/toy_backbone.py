@@ -159,6 +159,8 @@ class DEmaController(Controller):
     def status_fields(self) -> list[str]:
         return [f'toy_d_ema {self.updates}']
 
+    has_state = True
+
     def state_dict(self) -> dict[str, Any]:
         return dict(updates=self.updates)
 

@@ -46,6 +46,13 @@ class IterationInfo:
     signs_main: Optional[torch.Tensor] = None
 
 
+def require_real_logits(loss: Any, backbone: str, method: str, consumer: str) -> None:
+    """``MethodHookError`` unless the loss reported real logits (the statistic ``consumer`` reads)."""
+    if loss.hook_calls['observe_real_logits'] == 0:
+        raise MethodHookError(f"backbone '{backbone}': {method} but no real logits reached {consumer}; "
+                              'its loss must report them with GANLoss.observe_real_logits')
+
+
 class Controller:
     """Base of a controller: every hook is optional. ``name`` keys its snapshot state;
     ``status_rank`` orders the status-line fields (upstream's augment first)."""
@@ -66,6 +73,11 @@ class Controller:
 
     def flush(self, run_dir: Optional[str]) -> None:
         """Tick maintenance (rank 0 passes run_dir, other ranks None)."""
+
+    @property
+    def has_state(self) -> bool:
+        """Whether ``state_dict`` holds anything a snapshot must keep."""
+        return False
 
     def state_dict(self) -> Optional[dict[str, Any]]:
         return None
@@ -102,12 +114,15 @@ class AugmentController(AugmentUseCheck):
 
     def verify_hooks(self, loss: Any, backbone: str) -> None:
         super().verify_hooks(loss, backbone)
-        if self.tracker is not None and loss.hook_calls['observe_real_logits'] == 0:
-            raise MethodHookError(f"backbone '{backbone}': --aug=ada but no real logits reached ADA's tracker; "
-                                  'its loss must report them with GANLoss.observe_real_logits')
+        if self.tracker is not None:
+            require_real_logits(loss, backbone, '--aug=ada', "ADA's tracker")
 
     def status_fields(self) -> list[str]:
         return [f"augment {training_stats.report0('Progress/augment', float(self.augment_pipe.p.cpu())):.3f}"]
+
+    @property
+    def has_state(self) -> bool:
+        return self.tracker is not None
 
     def state_dict(self) -> Optional[dict[str, Any]]:
         return self.tracker.state_dict() if self.tracker is not None else None
@@ -134,9 +149,8 @@ class ATopkController(Controller):
         if loss.hook_calls['reduce_generator_adv_loss'] == 0:
             raise MethodHookError(f"backbone '{backbone}': --atopk=1 but its G step never reduced the per-sample G loss "
                                   'through GANLoss.reduce_generator_adv_loss (the ATop-k hook); ATop-k would do nothing')
-        if self.atopk.owns_tracker and loss.hook_calls['observe_real_logits'] == 0:
-            raise MethodHookError(f"backbone '{backbone}': --atopk=1 but no real logits reached ATop-k's tracker; "
-                                  'its loss must report them with GANLoss.observe_real_logits')
+        if self.atopk.owns_tracker:
+            require_real_logits(loss, backbone, '--atopk=1', "ATop-k's tracker")
 
     def status_fields(self) -> list[str]:
         return [f'atopk_k {self.atopk.k:<3d}', f'atopk_p {self.atopk.p:.3f}']  # stats: reported per G step
@@ -145,6 +159,8 @@ class ATopkController(Controller):
         history = self.atopk.pop_history()
         if run_dir is not None:
             append_trace(run_dir, history)
+
+    has_state = True
 
     def state_dict(self) -> Optional[dict[str, Any]]:
         return self.atopk.state_dict()
@@ -172,9 +188,7 @@ class ChainController(Controller):
         if self.chain_ctx.layer_calls['dreal'] == 0:
             raise MethodHookError(f"backbone '{backbone}': --chain=1 but no CHAIN layer ran in the labelled real pass; "
                                   "the backbone must place CHAIN layers in the D its loss evaluates")
-        if loss.hook_calls['observe_real_logits'] == 0:
-            raise MethodHookError(f"backbone '{backbone}': --chain=1 but no real logits reached CHAIN's p controller; "
-                                  'its loss must report them with GANLoss.observe_real_logits')
+        require_real_logits(loss, backbone, '--chain=1', "CHAIN's p controller")
 
     def status_fields(self) -> list[str]:
         return [f"chain_p {training_stats.report0('CHAIN/p', self.chain_ctx.p_value):.3f}"]
@@ -225,7 +239,7 @@ class ControllerList:
 
     def states(self) -> dict[str, Any]:
         """Named states for snapshots (controllers without a state are skipped)."""
-        return {c.name: c for c in self.controllers if c.state_dict() is not None}
+        return {c.name: c for c in self.controllers if c.has_state}
 
 
 def build_controllers(*, loss: Any, chain_ctx: Any, augment_pipe: Optional[torch.nn.Module], batch_size: int,

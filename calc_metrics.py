@@ -81,7 +81,7 @@ def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
     try:
         G = None
         if args.network_path is not None:
-            G, _ = snapshot_io.load_generator(args.network_path, device, noise_mode='random')  # G's defaults
+            G = snapshot_io.load_generator(args.network_path, device, noise_mode='random')  # G's defaults
         progress = metric_utils.ProgressMonitor(verbose=args.verbose and rank == 0)
         for metric in args.metrics:
             if rank == 0 and args.verbose:

@@ -52,7 +52,8 @@ def make_label(G: GeneratorFn, class_idx: Optional[int], device: torch.device) -
 
 @torch.no_grad()
 def generate_images(G: GeneratorFn, seeds: list[int], label: torch.Tensor, device: torch.device) -> list[np.ndarray]:
-    """One HWC uint8 image per seed from the backbone's sampler; z = RandomState(seed).randn(1, z_dim) as upstream."""
+    """One HWC uint8 image per seed from the backbone's sampler; z = RandomState(seed).randn(1, z_dim)
+    as upstream."""
     images = []
     for seed in seeds:
         z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).to(device)
@@ -100,7 +101,7 @@ def main(network_path: str, seeds: str, truncation_psi: float, class_idx: Option
         raise UserError('--seeds is empty')
     dev = pick_device(device)
     print(f'Loading networks from "{network_path}"...')
-    G, _ = snapshot_io.load_generator(network_path, dev, noise_mode=noise_mode, truncation_psi=truncation_psi)
+    G = snapshot_io.load_generator(network_path, dev, noise_mode=noise_mode, truncation_psi=truncation_psi)
     label = make_label(G, class_idx, dev)
     os.makedirs(outdir, exist_ok=True)
     images = generate_images(G, seed_list, label, dev)

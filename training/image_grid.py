@@ -67,7 +67,8 @@ def save_image_grid(img: np.ndarray, fname: str, drange: tuple[float, float], gr
 
 
 @torch.no_grad()
-def generate_grid_images(sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], grid_z: list[torch.Tensor], grid_c: list[torch.Tensor]) -> np.ndarray:
+def generate_grid_images(sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], grid_z: list[torch.Tensor],
+                         grid_c: list[torch.Tensor]) -> np.ndarray:
     """The grid's fakes, batch by batch (``sampler``: the backbone's, constant noise)."""
     return torch.cat([sampler(z, c).cpu() for z, c in zip(grid_z, grid_c)]).numpy()
 

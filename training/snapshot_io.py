@@ -176,9 +176,9 @@ def load_module(path: str, name: str = 'G_ema', device: torch.device | str = 'cp
 
 
 def load_generator(path: str, device: torch.device | str = 'cpu', *, noise_mode: str = 'const',
-                   truncation_psi: float = 1.0) -> tuple[Any, torch.nn.Module]:
-    """(sampler, G_ema) of a snapshot: the backbone's way of drawing images from its G_ema."""
+                   truncation_psi: float = 1.0) -> Any:
+    """The backbone's sampler of a snapshot's G_ema (``sampler(z, c) -> images``; ``z_dim``, ``c_dim``)."""
     data = read(path)
     backbone = backbones.get(data.get('backbone', backbones.DEFAULT))
     G = load_module(path, 'G_ema', device, data=data)
-    return backbone.sampler(G, noise_mode=noise_mode, truncation_psi=truncation_psi), G
+    return backbone.sampler(G, noise_mode=noise_mode, truncation_psi=truncation_psi)

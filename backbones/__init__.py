@@ -39,12 +39,21 @@ def register(name: str, module: str) -> None:
     util.trust_module_prefix(module.rpartition('.')[0] or module)
 
 
+_registered_env: str = ''
+
+
 def _register_from_environment() -> None:
-    for entry in filter(None, (part.strip() for part in os.environ.get(ENV_VAR, '').split(','))):
+    """Register the ``DEGAN_BACKBONES`` entries (again only when the variable changed)."""
+    global _registered_env
+    value = os.environ.get(ENV_VAR, '')
+    if value == _registered_env:
+        return
+    for entry in filter(None, (part.strip() for part in value.split(','))):
         name, sep, module = entry.partition('=')
         if not sep or not module:
             raise UserError(f'{ENV_VAR}: "{entry}" is not of the form name=package.module')
         register(name.strip(), module.strip())
+    _registered_env = value
 
 
 def names() -> list[str]:

@@ -22,6 +22,7 @@ from dnnlib.util import UserError
 #: Backbones that ship with degan.
 BUILTIN: dict[str, str] = {
     'stylegan2': 'backbones.stylegan2',
+    'fastgan': 'backbones.fastgan',
 }
 DEFAULT = 'stylegan2'
 ENV_VAR = 'DEGAN_BACKBONES'

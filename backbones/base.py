@@ -75,6 +75,9 @@ class BackboneConfig:
     desc: str = ''                  # run-name part after the dataset's (preset and overrides)
     transfer_desc: str = ''         # run-name part after --resume's (transfer-learning flags)
     snapshot_ticks: Optional[int] = None  # the preset's snapshot interval, if it has one
+    #: The D augmentation when neither --aug nor --diffaugment is given: DiffAugmentPipe kwargs
+    #: (None: ADA, upstream's default). With --diffaugment=POLICY only the policy is replaced.
+    diffaugment: Optional[dict] = None
 
 
 @dataclasses.dataclass
@@ -140,6 +143,9 @@ class Backbone(abc.ABC):
     options: ClassVar[type[OptionGroup]]
     presets: ClassVar[tuple[str, ...]] = ()
     default_preset: ClassVar[Optional[str]] = None
+    #: The phase after which CHAIN's p is updated (None: at the end of the iteration, after
+    #: G_ema — degan's StyleGAN2 order; FastGAN's official code: 'Dmain', before the G step).
+    chain_update_after: ClassVar[Optional[str]] = None
 
     @abc.abstractmethod
     def configure(self, ctx: ConfigContext) -> BackboneConfig:

@@ -219,6 +219,13 @@ class ChainContext(torch.nn.Module):
         self._p_value, self._p_key = p, _tensor_key(self.p)
         return p
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        """Also accept the official code's name ``ema_Dreal`` for ``ema_sign`` (FastGAN-D_big state dicts)."""
+        official = prefix + 'ema_Dreal'
+        if official in state_dict and prefix + 'ema_sign' not in state_dict:
+            state_dict[prefix + 'ema_sign'] = state_dict.pop(official)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return (f'lambda_={self.lambda_:g}, p0={self.p0:g}, tau={self.tau:g}, dp={self.dp:g}, '
                 f'start_iter={self.start_iter}, ema_decay={self.ema_decay:g}')
@@ -407,6 +414,14 @@ class Chain(torch.nn.Module):
             v = (self.running_var_fake if label in ('dfake', 'gfake') else self.running_var_real).to(y.dtype)
             z = y * (v.min().sqrt() / (v + self.eps).sqrt())
         return y * (1 - p) + z * p
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        """Drop the official code's per-layer copies of the context (``<layer>.shared_context.p`` /
+        ``.ema_Dreal``: its layers register the shared context as a submodule, so its state dicts
+        repeat those two buffers under every layer); the owner's context holds them once."""
+        for name in ('p', 'ema_Dreal'):
+            state_dict.pop(f'{prefix}shared_context.{name}', None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f'num_features={self.num_features}, variant={self.variant}, decay={self.decay:g}, eps={self.eps:g}'

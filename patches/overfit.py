@@ -66,6 +66,10 @@ class RealSignCollector:
         if main:
             self._main = moments if self._main is None else self._main + moments
 
+    def peek(self) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(all, main) moments of the iteration so far, without starting the next one."""
+        return self._all, self._main
+
     def take(self) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """(all, main) moments of the iteration so far (None where nothing was seen); resets."""
         taken = (self._all, self._main)

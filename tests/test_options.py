@@ -43,7 +43,7 @@ def test_train_py_options_are_exactly_the_group_fields():
         if meta['type'] is not None:
             assert type(param.type) is type(click.types.convert_type(meta['type'])), name
     # train.py's own command is built the same way, from the backbones registered when it was imported.
-    at_import = [config.CommonOptions, backbones.get('stylegan2').options, *config.METHOD_GROUPS]
+    at_import = [config.CommonOptions, *(backbones.get(name).options for name in backbones.BUILTIN), *config.METHOD_GROUPS]
     assert set(_params_of(train.main)) == {f.name for group in at_import for f in group_fields(group)}
 
 

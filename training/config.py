@@ -177,7 +177,7 @@ def build_training_args(opts: TrainOptions) -> tuple[str, dnnlib.EasyDict]:
     if common.tick is not None:
         args.kimg_per_tick = common.tick
 
-    desc += opts.augment.configure(args)
+    desc += opts.augment.configure(args, configured.diffaugment)
     desc += _resume_config(common, args) + configured.transfer_desc
     _performance_config(common, args)
     desc += opts.atopk.configure(args, opts.augment.mode, common.seed)

@@ -62,6 +62,10 @@ class Controller:
     def begin_iteration(self, info: IterationInfo) -> None:
         """Before the phases of an iteration."""
 
+    def after_phase(self, phase: str, info: IterationInfo) -> None:
+        """Right after phase ``phase`` stepped its optimiser (``info``: counters before this
+        iteration, moments of the real passes so far)."""
+
     def end_iteration(self, info: IterationInfo) -> None:
         """After G_ema and the counters of an iteration."""
 
@@ -170,15 +174,23 @@ class ATopkController(Controller):
 
 
 class ChainController(Controller):
-    """CHAIN's p (patches/chain.py ``ChainContext``): every iteration from the Dmain real logits."""
+    """CHAIN's p (patches/chain.py ``ChainContext``): every iteration from the Dmain real logits —
+    at the end of the iteration, or right after phase ``update_after`` (FastGAN's official code
+    updates p after the D step, before the G step: ``Backbone.chain_update_after``)."""
     name = 'chain'
     status_rank = 2
 
-    def __init__(self, chain_ctx: Any):
+    def __init__(self, chain_ctx: Any, update_after: Optional[str] = None):
         self.chain_ctx = chain_ctx
+        self.update_after = update_after
+
+    def after_phase(self, phase: str, info: IterationInfo) -> None:
+        if phase == self.update_after:
+            self.chain_ctx.update_p_from_moments(info.signs_main, iteration=info.batch_idx)
 
     def end_iteration(self, info: IterationInfo) -> None:
-        self.chain_ctx.update_p_from_moments(info.signs_main, iteration=info.batch_idx - 1)
+        if self.update_after is None:
+            self.chain_ctx.update_p_from_moments(info.signs_main, iteration=info.batch_idx - 1)
 
     def verify_hooks(self, loss: Any, backbone: str) -> None:
         if loss.hook_calls['pass:dreal'] == 0:
@@ -215,6 +227,12 @@ class ControllerList:
         for controller in self.controllers:
             controller.begin_iteration(info)
 
+    def after_phase(self, phase: str, batch_idx: int, cur_nimg: int, dataset_size: int) -> None:
+        signs_all, signs_main = self.collector.peek()
+        info = IterationInfo(batch_idx, cur_nimg, dataset_size, signs_all, signs_main)
+        for controller in self.controllers:
+            controller.after_phase(phase, info)
+
     def end_iteration(self, batch_idx: int, cur_nimg: int, dataset_size: int) -> None:
         signs_all, signs_main = self.collector.take()
         info = IterationInfo(batch_idx, cur_nimg, dataset_size, signs_all, signs_main)
@@ -245,7 +263,7 @@ class ControllerList:
 def build_controllers(*, loss: Any, chain_ctx: Any, augment_pipe: Optional[torch.nn.Module], batch_size: int,
                       ada_target: Optional[float], ada_interval: int, ada_kimg: float,
                       atopk_kwargs: Optional[dict], backbone_controllers: list[Controller],
-                      backbone: str, chain_enabled: bool) -> ControllerList:
+                      backbone: str, chain_enabled: bool, chain_update_after: Optional[str] = None) -> ControllerList:
     """Create the enabled method controllers, hook them into ``loss`` and order them (§3 of docs/training.md)."""
     collector = RealSignCollector()
     loss.real_logit_listeners.append(collector)
@@ -253,7 +271,7 @@ def build_controllers(*, loss: Any, chain_ctx: Any, augment_pipe: Optional[torch
 
     if chain_ctx is not None:
         loss.d_pass_context = chain_ctx
-        ordered.append(ChainController(chain_ctx))
+        ordered.append(ChainController(chain_ctx, update_after=chain_update_after))
     elif chain_enabled:
         raise UserError(f"--chain=1: backbone '{backbone}' placed no CHAIN layers in its discriminator")
 

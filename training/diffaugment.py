@@ -121,18 +121,29 @@ def parse_policy(policy: str) -> list[str]:
     return names
 
 
-def DiffAugment(x: torch.Tensor, policy: str = 'color,translation,cutout', channels_first: bool = True) -> torch.Tensor:
-    """Apply the policy's ops in order to a batch (NCHW, or NHWC if not ``channels_first``)."""
-    names = parse_policy(policy)
-    if not names:
+def policy_ops(policy: str, random_order: bool = False) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The ops of a policy in policy order ('color' is brightness, saturation, contrast), or —
+    ``random_order`` — the same ops in a random order drawn from the global torch RNG (CHAIN's
+    FastGAN-D_big code shuffles them on every call)."""
+    ops = [fn for name in parse_policy(policy) for fn in AUGMENT_FNS[name]]
+    if random_order and len(ops) > 1:
+        ops = [ops[i] for i in torch.randperm(len(ops)).tolist()]
+    return ops
+
+
+def DiffAugment(x: torch.Tensor, policy: str = 'color,translation,cutout', channels_first: bool = True,
+                random_order: bool = False) -> torch.Tensor:
+    """Apply the policy's ops to a batch (NCHW, or NHWC if not ``channels_first``), in policy order
+    or — ``random_order`` — in a fresh random order."""
+    ops = policy_ops(policy, random_order)
+    if not ops:
         return x
     if x.ndim != 4:
         raise ValueError(f'DiffAugment: x must be a 4-D image batch, got shape {list(x.shape)}')
     if not channels_first:
         x = x.permute(0, 3, 1, 2)
-    for name in names:
-        for fn in AUGMENT_FNS[name]:
-            x = fn(x)
+    for fn in ops:
+        x = fn(x)
     if not channels_first:
         x = x.permute(0, 2, 3, 1)
     return x.contiguous()
@@ -147,12 +158,13 @@ class DiffAugmentPipe(torch.nn.Module):
     parameters or buffers; the policy is validated at construction.
     """
 
-    def __init__(self, policy: str = 'color,translation,cutout') -> None:
+    def __init__(self, policy: str = 'color,translation,cutout', random_order: bool = False) -> None:
         super().__init__()
         self.policy = ','.join(parse_policy(policy))
+        self.random_order = bool(random_order)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return DiffAugment(images, self.policy, channels_first=True)
+        return DiffAugment(images, self.policy, channels_first=True, random_order=self.random_order)
 
     def extra_repr(self) -> str:
-        return f'policy={self.policy!r}'
+        return f'policy={self.policy!r}, random_order={self.random_order}'

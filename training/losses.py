@@ -9,6 +9,8 @@ formula                     G (fakes)                          D (reals / fakes)
 ==========================  ================================  ===================================
 non-saturating logistic     softplus(−l)                       softplus(−l) / softplus(l)
 hinge                       −l                                 relu(1 − l) / relu(1 + l)
+random-margin hinge         −l                                 relu(r − l) / relu(r + l),
+(FastGAN)                                                      r ~ U(0.8, 1) per logit
 ==========================  ================================  ===================================
 
 (docs/stylegan2-arithmetic.md §10 for the StyleGAN2 terms, including R1 and path length.)
@@ -48,6 +50,21 @@ def hinge_discriminator_real(real_logits: torch.Tensor) -> torch.Tensor:
 def hinge_discriminator_fake(fake_logits: torch.Tensor) -> torch.Tensor:
     """Hinge D loss on fakes relu(1 + D(G(z)))."""
     return F.relu(1 + fake_logits)
+
+
+def random_margins(logits: torch.Tensor, low: float = 0.8, high: float = 1.0) -> torch.Tensor:
+    """Margins r ~ U(low, high), one per logit, from the global torch RNG (FastGAN: U(0.8, 1))."""
+    return torch.rand_like(logits) * (high - low) + low
+
+
+def random_margin_hinge_real(real_logits: torch.Tensor, low: float = 0.8, high: float = 1.0) -> torch.Tensor:
+    """FastGAN's D loss on reals relu(r − D(x)), r ~ U(low, high) drawn per logit (docs/fastgan.md §4)."""
+    return F.relu(random_margins(real_logits, low, high) - real_logits)
+
+
+def random_margin_hinge_fake(fake_logits: torch.Tensor, low: float = 0.8, high: float = 1.0) -> torch.Tensor:
+    """FastGAN's D loss on fakes relu(r + D(G(z))), r ~ U(low, high) drawn per logit (docs/fastgan.md §4)."""
+    return F.relu(random_margins(fake_logits, low, high) + fake_logits)
 
 
 def per_sample_mean(per_element: torch.Tensor) -> torch.Tensor:

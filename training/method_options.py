@@ -38,6 +38,7 @@ class AugmentOptions(OptionGroup):
                                   show_default='bgc')
     diffaugment: Optional[str] = flag(None, 'DiffAugment policy instead of ADA, e.g. color,translation,cutout',
                                       metavar='POLICY')
+    _backbone_diffaugment: ClassVar[bool] = False  # set by configure: the backbone's DiffAugment is used
 
     def validate(self) -> None:
         if self.diffaugment:
@@ -63,15 +64,23 @@ class AugmentOptions(OptionGroup):
 
     @property
     def mode(self) -> str:
-        """'ada', 'fixed', 'noaug' (also with DiffAugment, whose pipe has no p)."""
-        return 'noaug' if self.diffaugment else (self.aug or 'ada')
+        """'ada', 'fixed', 'noaug' (also with DiffAugment — given, or the backbone's — whose pipe has no p)."""
+        return 'noaug' if self.diffaugment or self._backbone_diffaugment else (self.aug or 'ada')
 
-    def configure(self, args: dnnlib.EasyDict) -> str:
-        """``augment_kwargs`` (+ ``ada_target`` / ``augment_p``) for the loop; returns the run-name part."""
-        if self.diffaugment:
-            args.augment_kwargs = dnnlib.EasyDict(class_name='training.diffaugment.DiffAugmentPipe',
-                                                  policy=self.diffaugment)
-            return '-diffaug-' + self.diffaugment.replace(',', '-')
+    def configure(self, args: dnnlib.EasyDict, backbone_default: Optional[dict] = None) -> str:
+        """``augment_kwargs`` (+ ``ada_target`` / ``augment_p``) for the loop; returns the run-name part.
+
+        ``backbone_default``: the backbone's own DiffAugment (``BackboneConfig.diffaugment``, e.g.
+        FastGAN's ``color,translation``), used when neither ``--aug`` nor ``--diffaugment`` is
+        given; ``--diffaugment=POLICY`` replaces only its policy.
+        """
+        self._backbone_diffaugment = backbone_default is not None and self.aug is None
+        if self.diffaugment or self._backbone_diffaugment:
+            kwargs = dnnlib.EasyDict(backbone_default or {})
+            if self.diffaugment:
+                kwargs.policy = self.diffaugment
+            args.augment_kwargs = dnnlib.EasyDict(class_name='training.diffaugment.DiffAugmentPipe', **kwargs)
+            return '-diffaug-' + self.diffaugment.replace(',', '-') if self.diffaugment else ''
         desc = '' if self.aug is None else f'-{self.aug}'
         if self.mode == 'ada':
             args.ada_target = 0.6 if self.target is None else self.target

@@ -185,7 +185,7 @@ class _Run:
             augment_pipe=self.setup.augment_pipe, batch_size=self.o.batch_size, ada_target=self.o.ada_target,
             ada_interval=self.o.ada_interval, ada_kimg=self.o.ada_kimg, atopk_kwargs=self.o.atopk_kwargs,
             backbone_controllers=self.setup.controllers, backbone=self.backbone.name,
-            chain_enabled=self.o.chain_kwargs is not None)
+            chain_enabled=self.o.chain_kwargs is not None, chain_update_after=self.backbone.chain_update_after)
         if self.o.rank == 0:
             self.backbone.print_summaries(self.setup, self.o.batch_gpu, self.dev)
 
@@ -284,6 +284,7 @@ class _Run:
         for phase, phase_gen_z, phase_gen_c in zip(setup.phases, all_gen_z, all_gen_c):
             if state.batch_idx % phase.interval == 0:
                 self._run_phase(phase, real_img, real_c, phase_gen_z, phase_gen_c)
+                self.ctl.after_phase(phase.name, state.batch_idx, state.cur_nimg, len(self.training_set))
         if self.unverified_optimizers:
             self.unverified_optimizers -= {p.opt_name for p in setup.phases if state.batch_idx % p.interval == 0}
             if not self.unverified_optimizers:

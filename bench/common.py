@@ -69,6 +69,23 @@ def print_table(rows: list[dict[str, Any]], columns: Optional[list[str]] = None)
     sys.stdout.flush()
 
 
+def run_cases(target: Callable[..., None], names: list[str], *args: Any) -> list[dict[str, Any]]:
+    """``target(queue, name, *args)`` for each case in its own spawned process (fresh memory and
+    threads), printing each row as it arrives; returns the rows (one dict a case)."""
+    import multiprocessing as mp
+    ctx = mp.get_context('spawn')
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=target, args=(queue, name, *args))
+        proc.start()
+        rows.append(queue.get())
+        proc.join()
+        print_table(rows[-1:])
+    print()
+    return rows
+
+
 def machine_line(device: torch.device) -> str:
     cpu = f'{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads'
     if device.type == 'cuda':

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import statistics
 import sys
 import tempfile
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -34,7 +34,7 @@ CASES = {
 }
 
 
-def run_case(queue: 'mp.Queue', name: str, iters: int, ticks: int, device: str) -> None:
+def run_case(queue: Any, name: str, iters: int, ticks: int, device: str) -> None:
     import dnnlib
     from training import config
     from training.training_loop import training_loop
@@ -70,17 +70,7 @@ def main() -> None:
     names = list(CASES) if args.cases == 'all' else args.cases.split(',')
     device = common.pick_device(args.device)
     print(f'# training speed (fp32, ADA, no metrics): {common.machine_line(device)}')
-    ctx = mp.get_context('spawn')
-    rows = []
-    for name in names:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=run_case, args=(queue, name, args.iters, args.ticks, args.device))
-        proc.start()
-        rows.append(queue.get())
-        proc.join()
-        common.print_table(rows[-1:] if len(rows) > 1 else rows)
-    print()
-    common.print_table(rows)
+    common.print_table(common.run_cases(run_case, names, args.iters, args.ticks, args.device))
 
 
 if __name__ == '__main__':

@@ -18,7 +18,7 @@ The plug-in (docs/fastgan.md; the contract: docs/training.md §6):
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
@@ -38,8 +38,10 @@ MIN_SAMPLE_BATCH = 8
 class FastGANSampler:
     """Images from FastGAN's G: its main output, BN on batch statistics ('train') or running ones ('eval').
 
-    A call with fewer than :data:`MIN_SAMPLE_BATCH` latents is padded with latents of a private,
-    fixed-seed generator (the global RNG is not touched), so BN always sees ≥ 8 images.
+    A call with fewer than :data:`MIN_SAMPLE_BATCH` latents is padded with the same latents every
+    time (a private generator re-seeded per call; the global RNG is not touched), so BN always
+    sees ≥ 8 images and an image depends only on its own latent and the call's other latents.
+    Latents are cast to float32 (``generate.py`` draws them in float64).
     FastGAN has no truncation and no constant noise: ``noise_mode`` is ignored (its noise
     injection always draws fresh noise) and ψ must be 1.
     """
@@ -49,12 +51,13 @@ class FastGANSampler:
             raise ValueError(f"bn must be 'train' or 'eval', got {bn!r}")
         self.G, self.bn, self.min_batch = G, bn, min_batch
         self.z_dim, self.c_dim = G.z_dim, 0
-        self._padding = torch.Generator().manual_seed(0)
 
     def __call__(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        z = z.to(torch.float32)
         n = z.shape[0]
         if n < self.min_batch:
-            extra = torch.randn([self.min_batch - n, self.z_dim], generator=self._padding).to(z.device, z.dtype)
+            padding = torch.Generator().manual_seed(0)
+            extra = torch.randn([self.min_batch - n, self.z_dim], generator=padding).to(z.device)
             z = torch.cat([z, extra])
         was_training = self.G.training
         self.G.train(self.bn == 'train')
@@ -133,6 +136,8 @@ class FastGANBackbone(Backbone):
     def build(self, ctx: BuildContext) -> TrainingSetup:
         from backbones.fastgan.loss import FastGANLoss
         kw = dnnlib.EasyDict(ctx.kwargs)
+        if ctx.c_dim:
+            raise UserError('--backbone=fastgan is unconditional: train without --cond')
         G, D, G_ema = build_generator_and_discriminator(ctx, kw.G_kwargs, kw.D_kwargs)
         augment_pipe = make_augment_pipe(ctx)
         loss = FastGANLoss(ctx.device, G, D, augment_pipe, recon=build_recon(kw.recon, ctx.device),
@@ -147,9 +152,6 @@ class FastGANBackbone(Backbone):
         if truncation_psi != 1:
             raise UserError('FastGAN has no truncation trick: use --trunc=1')
         return FastGANSampler(G, bn=bn or getattr(G, 'sample_bn', 'train'))
-
-    def chain_context(self, setup: TrainingSetup) -> Any:
-        return getattr(setup.D, 'chain_ctx', None)
 
 
 def build_recon(recon: dict, device: torch.device) -> torch.nn.Module:

@@ -1,6 +1,6 @@
 """CHAIN's FastGAN discriminator "D_big" (Ni & Koniusz, CVPR 2024, official ``FastGANDBig`` code).
 
-Architecture and CHAIN placement: docs/fastgan.md §3. No BatchNorm; pre-activation residual
+Architecture and CHAIN placement: docs/fastgan.md §3. No BatchNorm (but in the decoders); pre-activation residual
 down blocks whose convs carry a bias, CHAIN layers where the batch norms would be (after C1,
 C2 and the skip conv CS), a non-downsampling residual head, sum pooling and one spectral-norm
 linear logit per image; two decoders (big, part). Names, order and shapes are the official ones

@@ -79,11 +79,22 @@ def run_cases(target: Callable[..., None], names: list[str], *args: Any) -> list
         queue = ctx.Queue()
         proc = ctx.Process(target=target, args=(queue, name, *args))
         proc.start()
-        rows.append(queue.get())
+        rows.append(_result_of(proc, queue, name))
         proc.join()
         print_table(rows[-1:])
     print()
     return rows
+
+
+def _result_of(proc: Any, queue: Any, name: str) -> dict[str, Any]:
+    """The row a case process puts on ``queue``; an error if the process dies without one."""
+    import queue as queue_lib
+    while True:
+        try:
+            return queue.get(timeout=5)
+        except queue_lib.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f'bench case {name} failed (exit code {proc.exitcode}); see its traceback above')
 
 
 def machine_line(device: torch.device) -> str:

@@ -68,7 +68,8 @@ def run_case(queue: Any, name: str, width: int, iters: int, ticks: int, device: 
         args.device = None if device == 'auto' else device
         result = training_loop(run_dir=tmp, rank=0, **dnnlib.EasyDict(args))
         stats = [json.loads(line) for line in open(os.path.join(tmp, 'stats.jsonl'))]
-        p_end = float(result['D'].chain_shared_context.p)
+        context = getattr(result['D'], 'chain_shared_context', None)
+        p_end = float('nan') if context is None else float(context.p)
     steady = [s for s in stats if s['Progress/tick']['mean'] >= 1]
     sec_per_kimg = statistics.median(s['Timing/sec_per_kimg']['mean'] for s in steady)
     queue.put(dict(case=name, width=width, batch=BATCH, ticks=len(steady), iters_per_tick=iters,

@@ -9,9 +9,10 @@ linear logit per image; two decoders (big, part). Names, order and shapes are th
 
 **The shared activation.** The official blocks start with an *in-place* LeakyReLU on their
 input, so every later reader of a block's input — the skip branch, the SLE gates, the
-decoders, the head's identity skip — sees the activated map. degan computes that activation
-explicitly (``a_k = lrelu(feat_k)``) and gives it to all of them: same numbers, no hidden
-side effect.
+decoders, the head's identity skip — sees the activated map. degan writes that activation out
+(``a_k = lrelu(feat_k)``, once, before any reader) and gives ``a_k`` to all of them: the same
+numbers without relying on the order of the readers; it is applied in place like the official
+one, since nothing reads ``feat_k`` itself (same memory and speed).
 
 CHAIN layers (:class:`patches.chain.Chain`) share the context ``chain_shared_context``
 (:class:`patches.chain.ChainContext`), present — with p = 0 — even when CHAIN is off, as in
@@ -39,8 +40,9 @@ CHAIN_PLACES = ('C1', 'C2', 'CS')
 
 
 def lrelu(x: torch.Tensor) -> torch.Tensor:
-    """The blocks' input activation (official: an in-place ``LeakyReLU(0.2)``)."""
-    return F.leaky_relu(x, LRELU_SLOPE)
+    """The blocks' input activation, in place like the official ``LeakyReLU(0.2, inplace=True)`` (the
+    producers of ``x`` — conv, add, SLE product — do not need it for their backward)."""
+    return F.leaky_relu(x, LRELU_SLOPE, inplace=True)
 
 
 class ResDownBlock(nn.Module):

@@ -69,6 +69,21 @@ def print_table(rows: list[dict[str, Any]], columns: Optional[list[str]] = None)
     sys.stdout.flush()
 
 
+def training_bench_args(doc: str, cases: dict, **extra: tuple[type, Any, str]) -> tuple[Any, list[str]]:
+    """Parsed ``--iters --ticks --device --cases`` (+ ``extra`` name: (type, default, help)) of a
+    training-speed script, and the case names to run."""
+    import argparse
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, (kind, default, help_text) in extra.items():
+        parser.add_argument(f'--{name}', type=kind, default=default, help=help_text)
+    parser.add_argument('--iters', type=int, default=8, help='iterations per steady tick')
+    parser.add_argument('--ticks', type=int, default=2, help='steady ticks per case')
+    parser.add_argument('--device', default='auto')
+    parser.add_argument('--cases', default='all', help=f'comma list of {", ".join(cases)}')
+    args = parser.parse_args()
+    return args, list(cases) if args.cases == 'all' else args.cases.split(',')
+
+
 def run_cases(target: Callable[..., None], names: list[str], *args: Any) -> list[dict[str, Any]]:
     """``target(queue, name, *args)`` for each case in its own spawned process (fresh memory and
     threads), printing each row as it arrives; returns the rows (one dict a case)."""

@@ -19,7 +19,6 @@ The CHAIN overhead is ``big_chain / big − 1``. The table prints one row per ca
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -78,14 +77,7 @@ def run_case(queue: Any, name: str, width: int, iters: int, ticks: int, device: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--width', type=int, default=16, help='--ngf and --ndf')
-    parser.add_argument('--iters', type=int, default=8, help='iterations per steady tick')
-    parser.add_argument('--ticks', type=int, default=2, help='steady ticks per case')
-    parser.add_argument('--device', default='auto')
-    parser.add_argument('--cases', default='all', help=f'comma list of {", ".join(CASES)}')
-    args = parser.parse_args()
-    names = list(CASES) if args.cases == 'all' else args.cases.split(',')
+    args, names = common.training_bench_args(__doc__, CASES, width=(int, 16, '--ngf and --ndf'))
     device = common.pick_device(args.device)
     print(f'# FastGAN training speed, 256 px, recon l1, no metrics: {common.machine_line(device)}')
     rows = common.run_cases(run_case, names, args.width, args.iters, args.ticks, args.device)

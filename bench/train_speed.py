@@ -13,7 +13,6 @@ all batch 16.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -61,13 +60,7 @@ def run_case(queue: Any, name: str, iters: int, ticks: int, device: str) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--iters', type=int, default=8, help='iterations per steady tick')
-    parser.add_argument('--ticks', type=int, default=2, help='steady ticks per case')
-    parser.add_argument('--device', default='auto')
-    parser.add_argument('--cases', default='all', help=f'comma list of {", ".join(CASES)}')
-    args = parser.parse_args()
-    names = list(CASES) if args.cases == 'all' else args.cases.split(',')
+    args, names = common.training_bench_args(__doc__, CASES)
     device = common.pick_device(args.device)
     print(f'# training speed (fp32, ADA, no metrics): {common.machine_line(device)}')
     common.print_table(common.run_cases(run_case, names, args.iters, args.ticks, args.device))

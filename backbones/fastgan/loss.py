@@ -72,6 +72,7 @@ class FastGANLoss(GANLoss):
         self.margin = margin
         self.num_gpus = num_gpus
         self._fakes: list[Images] = []  # augmented fakes of this iteration's Dmain rounds, for Gmain
+        self._last_real = torch.zeros([], device=device)  # the real pass' adversarial loss, for Loss/D/loss
 
     # ------------------------------------------------------------------ the loop's interface
 

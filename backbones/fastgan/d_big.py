@@ -71,7 +71,10 @@ class ResDownBlock(nn.Module):
 
     def from_activated(self, a: torch.Tensor) -> torch.Tensor:
         """The block on an input already activated (``a = lrelu(x)``)."""
-        return self.main[1:](a) + self.skip(a)
+        x = a
+        for layer in list(self.main)[1:]:  # the main branch after its activation (no Sequential built per call)
+            x = layer(x)
+        return x + self.skip(a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.from_activated(lrelu(x))

@@ -23,6 +23,7 @@ from dnnlib.util import UserError
 BUILTIN: dict[str, str] = {
     'stylegan2': 'backbones.stylegan2',
     'fastgan': 'backbones.fastgan',
+    'projected': 'backbones.projected',
 }
 DEFAULT = 'stylegan2'
 ENV_VAR = 'DEGAN_BACKBONES'

@@ -146,6 +146,9 @@ class Backbone(abc.ABC):
     #: The phase after which CHAIN's p is updated (None: at the end of the iteration, after
     #: G_ema — degan's StyleGAN2 order; FastGAN's official code: 'Dmain', before the G step).
     chain_update_after: ClassVar[Optional[str]] = None
+    #: Keep ``best_model.pt`` (+ ``best_nimg.txt``) beside the snapshots: the snapshot with the best
+    #: primary metric so far (Projected GAN's convention, with fid50k_full its default metric).
+    writes_best_model: ClassVar[bool] = False
 
     @abc.abstractmethod
     def configure(self, ctx: ConfigContext) -> BackboneConfig:

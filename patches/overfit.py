@@ -145,11 +145,13 @@ class OverfitTracker:
         """Make ``buffer`` (e.g. ``augment_pipe.p``) *the* storage of p from now on.
 
         The buffer keeps its current value (it is the truth, e.g. ``--augpipe`` set it to
-        ``augment_p``); the tracker's previous p is discarded. Every later update writes into the
+        ``augment_p``); the tracker's previous p is discarded. Its dtype is p's arithmetic from
+        then on (float32 for ADA's pipe as upstream; float64 for Diffusion-ProjectedGAN's p,
+        a Python float in its reference). Every later update writes into the
         buffer in place, so the pipe sees the new p without any copying by the caller.
         """
-        if not isinstance(buffer, torch.Tensor) or buffer.ndim != 0 or buffer.dtype != torch.float32:
-            raise ValueError('OverfitTracker.bind: expected a 0-dim float32 tensor (like augment_pipe.p)')
+        if not isinstance(buffer, torch.Tensor) or buffer.ndim != 0 or not buffer.is_floating_point():
+            raise ValueError('OverfitTracker.bind: expected a 0-dim floating-point tensor (like augment_pipe.p)')
         self._p = buffer
         return self
 

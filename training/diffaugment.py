@@ -18,6 +18,7 @@ Unlike ADA there is no probability p: every op is applied to every image, always
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -121,21 +122,25 @@ def parse_policy(policy: str) -> list[str]:
     return names
 
 
-def policy_ops(policy: str, random_order: bool = False) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+def policy_ops(policy: str, random_order: bool = False,
+               cutout_ratio: float = CUTOUT_RATIO) -> list[Callable[[torch.Tensor], torch.Tensor]]:
     """The ops of a policy in policy order ('color' is brightness, saturation, contrast), or —
     ``random_order`` — the same ops in a random order drawn from the global torch RNG (CHAIN's
-    FastGAN-D_big code shuffles them on every call)."""
+    FastGAN-D_big code shuffles them on every call). ``cutout_ratio``: the cutout side as a
+    fraction of the image (1/2; Projected GAN's D uses 0.2, docs/projected.md §5)."""
     ops = [fn for name in parse_policy(policy) for fn in AUGMENT_FNS[name]]
+    if cutout_ratio != CUTOUT_RATIO:
+        ops = [functools.partial(rand_cutout, ratio=cutout_ratio) if fn is rand_cutout else fn for fn in ops]
     if random_order and len(ops) > 1:
         ops = [ops[i] for i in torch.randperm(len(ops)).tolist()]
     return ops
 
 
 def DiffAugment(x: torch.Tensor, policy: str = 'color,translation,cutout', channels_first: bool = True,
-                random_order: bool = False) -> torch.Tensor:
+                random_order: bool = False, cutout_ratio: float = CUTOUT_RATIO) -> torch.Tensor:
     """Apply the policy's ops to a batch (NCHW, or NHWC if not ``channels_first``), in policy order
-    or — ``random_order`` — in a fresh random order."""
-    ops = policy_ops(policy, random_order)
+    or — ``random_order`` — in a fresh random order; ``cutout_ratio`` as in :func:`policy_ops`."""
+    ops = policy_ops(policy, random_order, cutout_ratio)
     if not ops:
         return x
     if x.ndim != 4:
@@ -158,13 +163,18 @@ class DiffAugmentPipe(torch.nn.Module):
     parameters or buffers; the policy is validated at construction.
     """
 
-    def __init__(self, policy: str = 'color,translation,cutout', random_order: bool = False) -> None:
+    def __init__(self, policy: str = 'color,translation,cutout', random_order: bool = False,
+                 cutout_ratio: float = CUTOUT_RATIO) -> None:
         super().__init__()
+        if not 0 < cutout_ratio <= 1:
+            raise ValueError(f'cutout_ratio must be in (0, 1], got {cutout_ratio!r}')
         self.policy = ','.join(parse_policy(policy))
         self.random_order = bool(random_order)
+        self.cutout_ratio = float(cutout_ratio)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return DiffAugment(images, self.policy, channels_first=True, random_order=self.random_order)
+        return DiffAugment(images, self.policy, channels_first=True, random_order=self.random_order,
+                           cutout_ratio=self.cutout_ratio)
 
     def extra_repr(self) -> str:
-        return f'policy={self.policy!r}, random_order={self.random_order}'
+        return f'policy={self.policy!r}, random_order={self.random_order}, cutout_ratio={self.cutout_ratio}'

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -83,7 +84,8 @@ class MetricRunner:
     """Evaluates the requested metrics on each network snapshot and keeps ``best.json`` current."""
 
     def __init__(self, metrics: list[str], metric_kwargs: dict, dataset_kwargs: dict, num_gpus: int,
-                 rank: int, device: torch.device, run_dir: str):
+                 rank: int, device: torch.device, run_dir: str, best_model: bool = False):
+        self.best_model = best_model
         self.metrics = list(metrics)
         self.metric_kwargs = dict(metric_kwargs)
         self.dataset_kwargs = dataset_kwargs
@@ -106,9 +108,46 @@ class MetricRunner:
                                              **self.metric_kwargs)
             if self.rank == 0:
                 metric_main.report_metric(result, run_dir=self.run_dir, snapshot_pkl=snapshot_path)
-                metric_main.update_best(self.run_dir, result, snapshot_path)
+                previous = _read_json(os.path.join(self.run_dir, 'best.json'))
+                best = metric_main.update_best(self.run_dir, result, snapshot_path)
+                improved = best.get('timestamp') != previous.get('timestamp')
+                if self.best_model and improved and result['metric'] == best.get('metric'):
+                    keep_best_model(self.run_dir, best, snapshot_path)
             self._results.append(result)
 
     def take_results(self) -> list[dict]:
         results, self._results = self._results, []
         return results
+
+
+BEST_MODEL = 'best_model.pt'
+BEST_NIMG = 'best_nimg.txt'
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def keep_best_model(run_dir: str, best: dict, snapshot_path: str) -> bool:
+    """Point ``best_model.pt`` at ``snapshot_path``, which just set the best primary metric (``best``
+    from ``metric_main.update_best``); ``best_nimg.txt`` says which. Projected GAN's convention
+    (docs/projected.md §9), with degan's safe snapshot format. A hard link when the file system
+    allows (no copy), else a copy; replaced atomically. Returns True when it was updated."""
+    if best.get('snapshot') != os.path.relpath(snapshot_path, run_dir):
+        return False
+    target = os.path.join(run_dir, BEST_MODEL)
+    tmp = target + '.tmp'
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(snapshot_path, tmp)
+    except OSError:
+        shutil.copyfile(snapshot_path, tmp)
+    os.replace(tmp, target)
+    util.atomic_write_text(os.path.join(run_dir, BEST_NIMG),
+                           f"snapshot: {best['snapshot']} {best['key']}: {best['value']:g}\n")
+    return True

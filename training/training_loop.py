@@ -322,7 +322,8 @@ class _Run:
         self.writer = reporting.StatsWriter(o.run_dir) if o.rank == 0 else None
         self.stats_collector = training_stats.Collector(regex='.*')
         self.metric_runner = reporting.MetricRunner(o.metrics, o.metric_kwargs, o.training_set_kwargs, o.num_gpus,
-                                                    o.rank, self.dev, o.run_dir)
+                                                    o.rank, self.dev, o.run_dir,
+                                                    best_model=self.backbone.writes_best_model)
         self.log(f'Training for {o.total_kimg} kimg...\n')
         self.tick_start_time = time.time()
         self.maintenance_time = self.tick_start_time - self.start_time

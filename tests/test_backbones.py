@@ -7,7 +7,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import numpy as np
 import PIL.Image
@@ -16,7 +15,7 @@ import torch
 
 import backbones
 import dnnlib
-from tests.test_training_loop import assert_same_training_state, loop_args, run
+from tests.test_training_loop import assert_same_training_state, loop_args, run, run_cli
 from training import controllers, snapshot_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,11 +98,7 @@ class _NvidiaStub(torch.nn.Module):
 
 
 def _cli(script: str, *args: str, tmp_path) -> subprocess.CompletedProcess:
-    env = dict(TOY_ENV, DEGAN_CACHE_DIR=str(tmp_path / 'cache'))
-    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc
+    return run_cli(script, *args, tmp_path=tmp_path, env=TOY_ENV)
 
 
 @pytest.mark.slow

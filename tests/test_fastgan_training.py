@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import PIL.Image
@@ -19,7 +17,7 @@ import torch
 
 from backbones.fastgan.loss import FastGANLoss
 from dnnlib.util import UserError
-from tests.test_training_loop import assert_same_training_state, loop_args, run
+from tests.test_training_loop import assert_same_training_state, loop_args, run, run_cli
 from training import config, ema, snapshot_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -253,11 +251,7 @@ def test_configuration_defaults_and_overrides(capsys):
 # 20. train.py and generate.py.
 
 def _cli(script, *args, tmp_path):
-    env = dict(os.environ, DEGAN_CACHE_DIR=str(tmp_path / 'cache'))
-    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc
+    return run_cli(script, *args, tmp_path=tmp_path)
 
 
 @pytest.fixture(scope='module')

@@ -14,7 +14,7 @@ import scipy.stats
 import torch
 
 from backbones.projected import ProjectedBackbone, ProjectedSampler
-from backbones.projected.diffusion import (BANK_SIZE, DiffusionController, FeatureDiffusion, alpha_bar, draw_bank,
+from backbones.projected.diffusion import (DiffusionController, FeatureDiffusion, alpha_bar, draw_bank,
                                            linear_betas, noisy_slots, priority_weights, q_sample, timesteps_for)
 from backbones.projected.discriminator import ProjectedDiscriminator, SingleDisc, feature_sizes
 from backbones.projected.generator import Generator, normalize_second_moment

@@ -9,21 +9,25 @@ the configuration; train.py + generate.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 
+import dnnlib
 from backbones.projected.diffusion import timesteps_for
 from dnnlib.util import UserError
 from metrics import metric_main
-from tests.test_training_loop import assert_same_training_state, loop_args, run
+from tests.test_backbones import _NvidiaStub
+from tests.test_training_loop import assert_same_training_state, loop_args, run, run_cli
+from torch_utils import distributed
 from training import config, snapshot_io
+from training.training_loop import training_loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 2
@@ -204,11 +208,7 @@ def test_configuration_defaults(capsys):
 # train.py and generate.py (with the package's EfficientNet-Lite0 weights).
 
 def _cli(script, *args, tmp_path):
-    env = dict(os.environ, DEGAN_CACHE_DIR=str(tmp_path / 'cache'))
-    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc
+    return run_cli(script, *args, tmp_path=tmp_path)
 
 
 @pytest.mark.slow
@@ -226,3 +226,40 @@ def test_train_py_and_generate_py(tmp_path):
     for seed in range(2):
         img = np.asarray(PIL.Image.open(out / f'seed{seed:04d}.png'))
         assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    detector = tmp_path / 'stub.pt'  # a colour-statistics stand-in for Inception (its cost is tested elsewhere)
+    torch.jit.save(torch.jit.script(_NvidiaStub().eval()), str(detector))
+    _cli('calc_metrics.py', '--metrics=fid5k_full', f'--network={run_dir / snaps[-1]}', f'--detector={detector}',
+         '--verbose=0', tmp_path=tmp_path)
+    record = json.loads(open(run_dir / 'metric-fid5k_full.jsonl').read().splitlines()[-1])
+    assert record['num_gen'] == 5000 and math.isfinite(record['results']['fid5k_full'])
+
+
+def _rank_state(rank, args, run_dir, out_dir, init_file):
+    """One rank of a 2-process gloo run: its parameter digest and its diffusion state."""
+    distributed.init_process_group(rank, 2, torch.device('cpu'), init_method=f'file://{init_file}')
+    result = training_loop(run_dir=run_dir, rank=rank, **dnnlib.EasyDict(args))
+    digest = hashlib.sha256()
+    for key in ('G', 'D', 'G_ema'):
+        for name, tensor in result[key].named_parameters():
+            digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+    diffusion = result['D'].diffusion
+    with open(os.path.join(out_dir, f'rank{rank}.json'), 'w') as f:
+        json.dump(dict(nimg=result['cur_nimg'], params=digest.hexdigest(), p=float(diffusion.p), T=int(diffusion.T),
+                       bank=diffusion.bank.tolist()), f)
+    distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ranks_end_identical(tmp_path):
+    """Diffusion-PG + ATop-k on 2 processes: parameters, the diffusion p, T and t-bank agree."""
+    args = pg_args(tmp_path, gpus=2, batch=4, kimg=5 * 4 / 1000, atopk=True, **DIFFUSION)
+    args.num_gpus = 2
+    run_dir = tmp_path / 'ddp'
+    os.makedirs(run_dir)
+    torch.multiprocessing.spawn(_rank_state, args=(dict(args), str(run_dir), str(tmp_path), str(tmp_path / 'init')),
+                                nprocs=2)
+    r0, r1 = (json.load(open(tmp_path / f'rank{r}.json')) for r in (0, 1))
+    assert r0['nimg'] == r1['nimg'] == 20 and r0['params'] == r1['params']
+    assert r0['p'] == r1['p'] == pytest.approx(0.8)  # global batch 4: one update of +4·4/20
+    assert r0['T'] == r1['T'] and r0['bank'] == r1['bank'] and any(r0['bank'])

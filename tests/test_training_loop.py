@@ -46,6 +46,15 @@ def run(args, run_dir, **kwargs):
     return training_loop(run_dir=str(run_dir), rank=0, **dict(args, **kwargs))
 
 
+def run_cli(script: str, *args: str, tmp_path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command-line tool of the repository (cache under ``tmp_path``); fail with its output's tail."""
+    env = dict(os.environ if env is None else env, DEGAN_CACHE_DIR=str(tmp_path / 'cache'))
+    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
 def assert_same_training_state(path_a: str, path_b: str) -> None:
     a, b = snapshot_io.read(path_a), snapshot_io.read(path_b)
     assert a['modules'].keys() == b['modules'].keys()

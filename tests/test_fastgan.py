@@ -631,9 +631,9 @@ def test_diffaugment_random_order():
     calls = []
     original = diffaugment.policy_ops
 
-    def spy(policy, random_order=False):
+    def spy(policy, random_order=False, *args):
         calls.append(random_order)
-        return original(policy, random_order)
+        return original(policy, random_order, *args)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(diffaugment, 'policy_ops', spy)

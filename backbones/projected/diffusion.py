@@ -3,14 +3,14 @@
 docs/projected.md §6. The noise goes on the frozen feature network's outputs (``d_pos='first'``,
 before CCM) or on the CSM outputs (``'last'``) — not on the images — and D is not told t:
 
-* schedule (§6.1): β linear from β_start to β_end over T steps, rebuilt whenever T changes;
+* schedule (docs/projected.md §6.1): β linear from β_start to β_end over T steps, rebuilt whenever T changes;
   ᾱ_t = Π_{s≤t}(1 − β_s) with ᾱ_0 = 1 (float32, as the reference);
-* q_sample (§6.2, Diffusion-GAN Eq. 4 / DDPM's forward process):
+* q_sample (docs/projected.md §6.2, Diffusion-GAN Eq. 4 / DDPM's forward process):
   x_t = sqrt(ᾱ_t)·x + sqrt(1 − ᾱ_t)·σ·ε, ε ~ N(0, I), with one t per (sample, channel);
-* adaptive T (§6.3): T = clip(t_min + round(p·(t_max − t_min)), t_min, t_max), p driven by
+* adaptive T (docs/projected.md §6.3): T = clip(t_min + round(p·(t_max − t_min)), t_min, t_max), p driven by
   E[sign(D(x_real))] (:class:`DiffusionController`, the ADA rule with ada_kimg 100, clipped to
   [0, 1], every 4 iterations);
-* priority t-bank (§6.4): 64 slots, the first n = min(round(64p), 48) drawn from {1 … T} with
+* priority t-bank (docs/projected.md §6.4): 64 slots, the first n = min(round(64p), 48) drawn from {1 … T} with
   P(t = k) ∝ k − 1 — the reference's weights ``arange(T)`` over values ``1 … T``, so t = 1 is
   never drawn (the paper's π(t) ∝ t is off by one there; degan reproduces the code) — the rest 0;
   every forward draws each (sample, channel)'s t uniformly from the bank.
@@ -103,7 +103,7 @@ class FeatureDiffusion(nn.Module):
         self.update_T()
 
     def update_T(self) -> None:
-        """T from p, the schedule rebuilt for it, a fresh bank (after every p update, §6.3–6.4)."""
+        """T from p, the schedule rebuilt for it, a fresh bank (after every p update, docs/projected.md §6.3–6.4)."""
         p = float(self.p)
         T = timesteps_for(p, self.t_min, self.t_max)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.updates))

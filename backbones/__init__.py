@@ -24,6 +24,7 @@ BUILTIN: dict[str, str] = {
     'stylegan2': 'backbones.stylegan2',
     'fastgan': 'backbones.fastgan',
     'projected': 'backbones.projected',
+    'insgen': 'backbones.insgen',
 }
 DEFAULT = 'stylegan2'
 ENV_VAR = 'DEGAN_BACKBONES'

@@ -63,6 +63,8 @@ class ConfigContext:
     glr: Optional[float]            # --glr / --dlr overrides
     dlr: Optional[float]
     chain: Optional[dict]           # CHAIN layer kwargs for the D (None: CHAIN off)
+    dataset_size: int = 0           # images in the training set (after --subset; before x-flips)
+    mirror: bool = False            # --mirror (x-flips double the data)
 
 
 @dataclasses.dataclass
@@ -94,6 +96,8 @@ class BuildContext:
     random_seed: int
     augment_kwargs: Optional[dict]  # the D augmentation pipe's kwargs (ADA / DiffAugment), or None
     augment_p: float                # its initial p
+    ada_target: Optional[float] = None  # ADA's target (None: p not adapted)
+    ada_interval: int = 4           # ADA's p update interval (iterations)
 
 
 @dataclasses.dataclass

@@ -129,3 +129,32 @@ def network_kwargs(cfg: str, resolution: int, batch: int, fp32: bool = True, **o
     ctx = ConfigContext(options=BACKBONE.options(fp32=fp32, **overrides), cfg=cfg, gpus=1, resolution=resolution,
                         kimg=None, batch=batch, glr=None, dlr=None, chain=None)
     return BACKBONE.configure(ctx).kwargs
+
+
+def timed_training(flags: dict[str, Any], batch: int, iters: int, ticks: int, device: str
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run ``training_loop`` for 1 warm-up iteration + ``ticks`` ticks of ``iters`` iterations with
+    train.py ``flags`` (no snapshots, a 1×1 grid) in a temporary folder.
+
+    Returns (the ``stats.jsonl`` lines of the steady ticks, tick ≥ 1; the loop's result).
+    """
+    import json
+    import tempfile
+    from training import config
+    from training.training_loop import training_loop
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = config.TrainOptions.from_flags(dict(
+            dict(outdir=tmp, batch=batch, metrics=[], workers=1, snap=10**6, tick=iters * batch / 1000,
+                 kimg=(1 + iters * ticks) * batch / 1000, device=device), **flags))
+        _desc, args = config.build_training_args(opts)
+        args.image_snapshot_ticks = args.network_snapshot_ticks = None
+        args.grid_size = [1, 1]
+        args.device = None if device == 'auto' else device
+        result = training_loop(run_dir=tmp, rank=0, **dnnlib.EasyDict(args))
+        stats = [json.loads(line) for line in open(os.path.join(tmp, 'stats.jsonl'))]
+    return [s for s in stats if s['Progress/tick']['mean'] >= 1], result
+
+
+def median_sec_per_kimg(steady: list[dict[str, Any]]) -> float:
+    """The median ``Timing/sec_per_kimg`` (the status line's figure) of the steady ticks."""
+    return statistics.median(s['Timing/sec_per_kimg']['mean'] for s in steady)

@@ -19,11 +19,8 @@ The CHAIN overhead is ``big_chain / big − 1``. The table prints one row per ca
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
 import sys
-import tempfile
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -51,26 +48,13 @@ def _start_chain_at(p: float) -> None:
 
 
 def run_case(queue: Any, name: str, width: int, iters: int, ticks: int, device: str) -> None:
-    import dnnlib
-    from training import config
-    from training.training_loop import training_loop
     if name in P_INIT:
         _start_chain_at(P_INIT[name])
-    with tempfile.TemporaryDirectory() as tmp:
-        opts = config.TrainOptions.from_flags(dict(
-            outdir=tmp, data='builtin:256', backbone='fastgan', ngf=width, ndf=width, recon_loss='l1',
-            batch=BATCH, metrics=[], workers=1, snap=10**6, tick=iters * BATCH / 1000,
-            kimg=(1 + iters * ticks) * BATCH / 1000, device=device, **CASES[name]))
-        _desc, args = config.build_training_args(opts)
-        args.image_snapshot_ticks = args.network_snapshot_ticks = None
-        args.grid_size = [1, 1]
-        args.device = None if device == 'auto' else device
-        result = training_loop(run_dir=tmp, rank=0, **dnnlib.EasyDict(args))
-        stats = [json.loads(line) for line in open(os.path.join(tmp, 'stats.jsonl'))]
-        context = getattr(result['D'], 'chain_shared_context', None)
-        p_end = float('nan') if context is None else float(context.p)
-    steady = [s for s in stats if s['Progress/tick']['mean'] >= 1]
-    sec_per_kimg = statistics.median(s['Timing/sec_per_kimg']['mean'] for s in steady)
+    steady, result = common.timed_training(dict(data='builtin:256', backbone='fastgan', ngf=width, ndf=width,
+                                                recon_loss='l1', **CASES[name]), BATCH, iters, ticks, device)
+    context = getattr(result['D'], 'chain_shared_context', None)
+    p_end = float('nan') if context is None else float(context.p)
+    sec_per_kimg = common.median_sec_per_kimg(steady)
     queue.put(dict(case=name, width=width, batch=BATCH, ticks=len(steady), iters_per_tick=iters,
                    sec_per_kimg=f'{sec_per_kimg:.1f}', sec_per_iter=f'{sec_per_kimg * BATCH / 1000:.3f}',
                    chain_p_end=f'{p_end:.3f}', peak_rss_GB=f'{common.peak_rss_gb():.2f}'))

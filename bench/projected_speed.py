@@ -22,11 +22,8 @@ with the paper's +0.3 % (Table 10).
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -57,27 +54,14 @@ def _time_atopk_hooks(box: dict) -> None:
 
 
 def run_case(queue: Any, name: str, res: int, ngf: int, batch: int, iters: int, ticks: int, device: str) -> None:
-    import dnnlib
-    from training import config
-    from training.training_loop import training_loop
     hook = {'sec': 0.0}
     if CASES[name].get('atopk'):
         _time_atopk_hooks(hook)
-    with tempfile.TemporaryDirectory() as tmp:
-        opts = config.TrainOptions.from_flags(dict(
-            outdir=tmp, data=f'builtin:{res}', backbone='projected', pg_ngf=ngf, batch=batch, metrics=[], workers=1,
-            snap=10**6, tick=iters * batch / 1000, kimg=(1 + iters * ticks) * batch / 1000, device=device,
-            **CASES[name]))
-        _desc, args = config.build_training_args(opts)
-        args.image_snapshot_ticks = args.network_snapshot_ticks = None
-        args.grid_size = [1, 1]
-        args.device = None if device == 'auto' else device
-        start = time.perf_counter()
-        training_loop(run_dir=tmp, rank=0, **dnnlib.EasyDict(args))
-        total = time.perf_counter() - start
-        stats = [json.loads(line) for line in open(os.path.join(tmp, 'stats.jsonl'))]
-    steady = [s for s in stats if s['Progress/tick']['mean'] >= 1]
-    sec_per_kimg = statistics.median(s['Timing/sec_per_kimg']['mean'] for s in steady)
+    start = time.perf_counter()
+    steady, _ = common.timed_training(dict(data=f'builtin:{res}', backbone='projected', pg_ngf=ngf, **CASES[name]),
+                                      batch, iters, ticks, device)
+    total = time.perf_counter() - start
+    sec_per_kimg = common.median_sec_per_kimg(steady)
     queue.put(dict(case=name, res=res, d_input=224 if res < 224 else res, ngf=ngf, batch=batch, ticks=len(steady),
                    iters_per_tick=iters, sec_per_kimg=f'{sec_per_kimg:.1f}',
                    sec_per_iter=f'{sec_per_kimg * batch / 1000:.3f}',

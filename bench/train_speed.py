@@ -13,11 +13,8 @@ all batch 16.
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
 import sys
-import tempfile
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,29 +31,15 @@ CASES = {
 
 
 def run_case(queue: Any, name: str, iters: int, ticks: int, device: str) -> None:
-    import dnnlib
-    from training import config
-    from training.training_loop import training_loop
     cfg, res, batch, extra, _official = CASES[name]
-    with tempfile.TemporaryDirectory() as tmp:
-        kimg_per_tick = iters * batch / 1000
-        opts = config.TrainOptions.from_flags(dict(
-            outdir=tmp, data=f'builtin:{res}', cfg=cfg, batch=batch, fp32=True, metrics=[], workers=1, aug='ada',
-            snap=10**6, tick=kimg_per_tick, kimg=(1 + iters * ticks) * batch / 1000, device=device, **extra))
-        _desc, args = config.build_training_args(opts)
-        args.image_snapshot_ticks = args.network_snapshot_ticks = None
-        args.grid_size = [1, 1]
-        args.device = None if device == 'auto' else device
-        training_loop(run_dir=tmp, rank=0, **dnnlib.EasyDict(args))
-        stats = [json.loads(line) for line in open(os.path.join(tmp, 'stats.jsonl'))]
-    steady = [s for s in stats if s['Progress/tick']['mean'] >= 1]
-    sec_per_kimg = [s['Timing/sec_per_kimg']['mean'] for s in steady]
+    steady, _ = common.timed_training(dict(data=f'builtin:{res}', cfg=cfg, fp32=True, aug='ada', **extra),
+                                      batch, iters, ticks, device)
+    sec_per_kimg = common.median_sec_per_kimg(steady)
     queue.put(dict(case=name, batch=batch, ticks=len(steady), iters_per_tick=iters,
-                   sec_per_kimg=f'{statistics.median(sec_per_kimg):.1f}',
-                   sec_per_iter=f'{statistics.median(sec_per_kimg) * batch / 1000:.2f}',
+                   sec_per_kimg=f'{sec_per_kimg:.1f}', sec_per_iter=f'{sec_per_kimg * batch / 1000:.2f}',
                    official_sec_per_kimg=_official if _official is not None else '-',
                    peak_rss_GB=f'{common.peak_rss_gb():.2f}',
-                   peak_gpu_GB=f'{max(s["Resources/peak_gpu_mem_gb"]["mean"] for s in stats):.2f}'))
+                   peak_gpu_GB=f'{max(s["Resources/peak_gpu_mem_gb"]["mean"] for s in steady):.2f}'))
 
 
 def main() -> None:

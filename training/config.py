@@ -162,12 +162,13 @@ def build_training_args(opts: TrainOptions) -> tuple[str, dnnlib.EasyDict]:
                            ops_impl=common.ops, backbone=backbone.name)
     args.metrics = ['fid50k_full'] if common.metrics is None else list(common.metrics)
     args.metric_kwargs = _metric_kwargs(common, args.metrics)
-    desc, resolution = _dataset_config(common, args)
+    desc, resolution, dataset_size = _dataset_config(common, args)
     args.chain_kwargs = opts.chain.layer_kwargs()
 
     configured = backbone.configure(ConfigContext(
         options=opts.backbone, cfg=common.cfg, gpus=common.gpus, resolution=resolution, kimg=common.kimg,
-        batch=common.batch, glr=common.glr, dlr=common.dlr, chain=args.chain_kwargs))
+        batch=common.batch, glr=common.glr, dlr=common.dlr, chain=args.chain_kwargs, dataset_size=dataset_size,
+        mirror=bool(common.mirror)))
     desc += ('' if backbone.name == backbones.DEFAULT else f'-{backbone.name}') + configured.desc
     args.backbone_kwargs = configured.kwargs
     args.total_kimg = configured.total_kimg
@@ -185,8 +186,9 @@ def build_training_args(opts: TrainOptions) -> tuple[str, dnnlib.EasyDict]:
     return desc, args
 
 
-def _dataset_config(common: CommonOptions, args: dnnlib.EasyDict) -> tuple[str, int]:
-    """--data, --cond, --subset, --mirror, --workers → ``training_set_kwargs``; (run name, resolution)."""
+def _dataset_config(common: CommonOptions, args: dnnlib.EasyDict) -> tuple[str, int, int]:
+    """--data, --cond, --subset, --mirror, --workers → ``training_set_kwargs``; (run name, resolution,
+    number of images used)."""
     if not common.data:
         raise UserError('--data is required: a folder or zip of images, or "builtin"')
     args.training_set_kwargs, training_set = open_training_set(common.data)
@@ -208,10 +210,11 @@ def _dataset_config(common: CommonOptions, args: dnnlib.EasyDict) -> tuple[str, 
         if common.subset < dataset_size:
             args.training_set_kwargs.max_size = common.subset
             args.training_set_kwargs.random_seed = common.seed
+            dataset_size = common.subset
     if common.mirror:
         desc += '-mirror'
         args.training_set_kwargs.xflip = True
-    return desc, resolution
+    return desc, resolution, dataset_size
 
 
 def data_loader_kwargs(workers: int) -> dnnlib.EasyDict:

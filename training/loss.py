@@ -36,6 +36,7 @@ class StyleGAN2Loss(GANLoss):
         self.pl_weight = pl_weight
         self.pl_mean = torch.zeros([], device=device)
         self._last_loss_Dgen: Optional[torch.Tensor] = None
+        self.last_fakes: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
 
     def state_dict(self) -> dict[str, Any]:
         return dict(pl_mean=self.pl_mean.detach().cpu().clone())
@@ -84,6 +85,9 @@ class StyleGAN2Loss(GANLoss):
         gen_logits, _ = self.run_D(gen_img, gen_c, 'gfake')
         self.observe_fake_logits(gen_logits)
         loss = self.generator_adversarial_loss(gen_logits, losses.ns_generator)
+        extra = self.generator_main_extra(gen_img, gen_c)
+        if extra is not None:
+            loss = loss + extra
         check_finite('Gmain', 'Loss/G/loss', loss)
         loss.mul(gain).backward()
 
@@ -108,6 +112,7 @@ class StyleGAN2Loss(GANLoss):
         """Fake half of L_D: E[softplus(D(G(z)))] (+ extra D terms of the fake pass)."""
         with torch.no_grad():
             gen_img, _ = self.run_G(gen_z, gen_c)
+        self.last_fakes = (gen_z, gen_c, gen_img)
         gen_logits, extra = self.run_D(gen_img, gen_c, 'dfake')
         self.observe_fake_logits(gen_logits)
         loss_Dgen = losses.ns_discriminator_fake(gen_logits)
@@ -138,5 +143,25 @@ class StyleGAN2Loss(GANLoss):
         loss = (real_logits * 0 + loss_Dreal + loss_Dr1).mean()
         if do_Dmain:  # the R1-only pass adds no extra D terms (CHAIN C4)
             loss = self.add_extra_loss(loss, extra, 'real')
+            terms = self.discriminator_main_extra(real_img_tmp, real_c)
+            if terms is not None:
+                loss = loss + terms
         check_finite(phase, 'Loss/D/loss (real)' if do_Dmain else 'Loss/D/reg', loss)
         loss.mul(gain).backward()
+        if do_Dmain:
+            self.after_discriminator_main()
+        self.last_fakes = None
+
+    # ------------------------------------------------------------------ extension points (InsGen)
+
+    def generator_main_extra(self, gen_img: torch.Tensor, gen_c: torch.Tensor) -> Optional[torch.Tensor]:
+        """A scalar added to Gmain's loss *after* the ATop-k reduction (None: nothing)."""
+        return None
+
+    def discriminator_main_extra(self, real_img: torch.Tensor, real_c: torch.Tensor) -> Optional[torch.Tensor]:
+        """A scalar added to Dmain's real-pass loss, back-propagated with it (None: nothing);
+        ``self.last_fakes`` holds this round's (z, c, fake images) of the fake pass."""
+        return None
+
+    def after_discriminator_main(self) -> None:
+        """Called right after Dmain's real-pass backward of every round."""

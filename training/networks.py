@@ -834,9 +834,13 @@ class Discriminator(torch.nn.Module):
                 if layer is not None:
                     layer.post_conv = Chain(layer.out_channels, self.chain_ctx, variant=variant)
 
-    def forward(self, img: torch.Tensor, c: Optional[torch.Tensor], **block_kwargs: Any) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, c: Optional[torch.Tensor], return_feats: bool = False,
+                **block_kwargs: Any) -> Any:
+        """Logits [N, 1]; with ``return_feats`` also the features entering the epilogue b4,
+        [N, C₄, 4, 4] (InsGen's contrastive feature, docs/insgen.md §1)."""
         x = None
         for res in self.block_resolutions:
             x, img = getattr(self, f'b{res}')(x, img, **block_kwargs)
         cmap = self.mapping(None, c) if self.c_dim > 0 else None
-        return self.b4(x, img, cmap)
+        out = self.b4(x, img, cmap)
+        return (out, x) if return_feats else out

@@ -90,14 +90,19 @@ def _convert(field: dataclasses.Field, value: Any) -> Any:
 
 
 def click_options(groups: Iterable[type[OptionGroup]]) -> Callable[[Callable], Callable]:
-    """Decorator adding one ``click.option`` per flag field of ``groups`` (names must be unique)."""
+    """Decorator adding one ``click.option`` per flag field of ``groups`` (names must be unique; a
+    group that extends another — a subclass, e.g. InsGen's flags over StyleGAN2's — shares the
+    inherited flags, which are declared once, in the group listed first)."""
     fields: list[tuple[type[OptionGroup], dataclasses.Field]] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, dataclasses.Field]] = {}
     for group in groups:
         for field in group_fields(group):
             if field.name in seen:
-                raise ValueError(f'flag {flag_name(field.name)} is declared by both {seen[field.name]} and {group.__name__}')
-            seen[field.name] = group.__name__
+                if seen[field.name][1] is field:  # inherited from a group listed before (InsGen ⊃ StyleGAN2)
+                    continue
+                raise ValueError(f'flag {flag_name(field.name)} is declared by both {seen[field.name][0]} and '
+                                 f'{group.__name__}')
+            seen[field.name] = (group.__name__, field)
             fields.append((group, field))
 
     def decorate(fn: Callable) -> Callable:

@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 import torch
 
 import dnnlib
+from torch_utils import distributed, misc
 
 
 @dataclasses.dataclass
@@ -55,3 +56,18 @@ def lazy_regularization_phases(prefix: str, module: torch.nn.Module, opt_kwargs:
     opt = build_optimizer(params, opt_kwargs)
     return [Phase(prefix + 'main', module, opt, 1, prefix), Phase(prefix + 'reg', module, opt, reg_interval, prefix)]
 
+
+def average_gradients(module: torch.nn.Module, num_gpus: int) -> list[torch.nn.Parameter]:
+    """All-reduce-average the gradients of ``module`` over ranks; clean NaN/inf like upstream."""
+    params = [p for p in module.parameters() if p.grad is not None]
+    if num_gpus > 1 and params:
+        flat = torch.cat([p.grad.flatten() for p in params])
+        distributed.all_reduce_sum_(flat)
+        flat /= num_gpus
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+    misc.nan_to_num_grads(params)
+    return params

@@ -34,7 +34,7 @@ from torch_utils import distributed, misc, training_stats
 from torch_utils.ops import _impl as ops_impl_lib
 from training import controllers as controllers_lib
 from training import image_grid, reporting, snapshot_io
-from training.phases import Phase
+from training.phases import Phase, average_gradients
 
 
 def make_data_iterator(training_set: Any, rank: int, num_gpus: int, seed: int, start_index: int,
@@ -66,22 +66,6 @@ def draw_generator_inputs(training_set: Any, num_phases: int, batch_size: int, b
     all_gen_c = torch.from_numpy(np.stack(labels)).to(device)
     all_gen_c = [phase_c.split(batch_gpu) for phase_c in all_gen_c.split(batch_size)]
     return all_gen_z, all_gen_c
-
-
-def average_gradients(module: torch.nn.Module, num_gpus: int) -> list[torch.nn.Parameter]:
-    """All-reduce-average the gradients of ``module`` over ranks; clean NaN/inf like upstream."""
-    params = [p for p in module.parameters() if p.grad is not None]
-    if num_gpus > 1 and params:
-        flat = torch.cat([p.grad.flatten() for p in params])
-        distributed.all_reduce_sum_(flat)
-        flat /= num_gpus
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-            offset += n
-    misc.nan_to_num_grads(params)
-    return params
 
 
 class StopRequest:
@@ -179,7 +163,8 @@ class _Run:
             kwargs=self.o.backbone_kwargs, device=self.dev, c_dim=self.training_set.label_dim,
             img_resolution=self.training_set.resolution, img_channels=self.training_set.num_channels,
             batch_size=self.o.batch_size, batch_gpu=self.o.batch_gpu, num_gpus=self.o.num_gpus,
-            random_seed=self.o.random_seed, augment_kwargs=self.o.augment_kwargs, augment_p=self.o.augment_p))
+            random_seed=self.o.random_seed, augment_kwargs=self.o.augment_kwargs, augment_p=self.o.augment_p,
+            ada_target=self.o.ada_target, ada_interval=self.o.ada_interval))
         self.ctl = controllers_lib.build_controllers(
             loss=self.setup.loss, chain_ctx=self.backbone.chain_context(self.setup),
             augment_pipe=self.setup.augment_pipe, batch_size=self.o.batch_size, ada_target=self.o.ada_target,

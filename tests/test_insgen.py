@@ -20,7 +20,7 @@ from backbones.insgen.loss import GENERATOR_WEIGHT, Z_PERTURBATION, InsGenLoss
 from dnnlib.util import UserError
 from tests.test_training_loop import assert_same_training_state, loop_args, run
 from torch_utils import distributed
-from training import config
+from training import config, snapshot_io
 from training.controllers import IterationInfo
 
 
@@ -311,6 +311,8 @@ def test_insgen_with_atopk_snapshots_and_resumes_exactly(trained):
     assert all(math.isfinite(stats[-1][k]['mean']) for k in ('Loss/D_cl', 'Loss/G_cl', 'Loss/G_cl_on_g'))
     D, D_ema = straight['D'], straight['D_ema']
     assert any(not torch.equal(a, b) for a, b in zip(D.parameters(), D_ema.parameters()))
+    sample = snapshot_io.load_generator(straight['last_snapshot'])  # generate.py / calc_metrics.py's path
+    assert sample(torch.randn(2, sample.z_dim), torch.zeros(2, 0)).shape == (2, 3, 16, 16)
 
 
 def test_insgen_with_chain_and_ada_linear_runs(tmp_path):

@@ -147,6 +147,15 @@ def primary_value(result_dict: dict) -> tuple[str, float, bool]:
     return key, float(result_dict['results'][key]), spec.higher_is_better
 
 
+def read_best(run_dir: str) -> dict[str, Any]:
+    """``<run_dir>/best.json`` ({} when absent or unreadable)."""
+    try:
+        with open(os.path.join(run_dir, 'best.json'), encoding='utf-8') as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def update_best(run_dir: str, result_dict: dict, snapshot: Optional[str]) -> dict:
     """Keep ``<run_dir>/best.json`` current and return its content.
 
@@ -156,13 +165,7 @@ def update_best(run_dir: str, result_dict: dict, snapshot: Optional[str]) -> dic
     A NaN value is never a best. Lower is better for FID/KID, higher for IS/precision.
     """
     path = os.path.join(run_dir, 'best.json')
-    best: dict[str, Any] = {}
-    if os.path.isfile(path):
-        try:
-            with open(path, encoding='utf-8') as f:
-                best = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            best = {}
+    best = read_best(run_dir)
     metric = result_dict['metric']
     key, value, higher = primary_value(result_dict)
     per_metric = dict(best.get('per_metric', {}))

@@ -18,7 +18,7 @@ from backbones.insgen import (AdaLinearController, DEmaController, InsGenBackbon
 from backbones.insgen.heads import KEY_DIM, ContrastiveHead, gather_keys, info_nce
 from backbones.insgen.loss import GENERATOR_WEIGHT, Z_PERTURBATION, InsGenLoss
 from dnnlib.util import UserError
-from tests.test_training_loop import assert_same_training_state, loop_args, run
+from tests.test_training_loop import assert_same_training_state, loop_args, run, straight_and_resumed
 from torch_utils import distributed
 from training import config, snapshot_io
 from training.controllers import IterationInfo
@@ -289,9 +289,7 @@ def trained(tmp_path_factory):
     def get(name, **flags):
         if name not in _RUNS:
             root = tmp_path_factory.mktemp(name)
-            straight = run(insgen_args(root, **flags), root / 'straight')
-            first = run(insgen_args(root, kimg=0.008, **flags), root / 'first')
-            resumed = run(insgen_args(root, **flags), root / 'resumed', resume_pkl=first['last_snapshot'])
+            straight, _, resumed = straight_and_resumed(insgen_args, root, 0.008, **flags)
             _RUNS[name] = (straight, resumed, root)
         return _RUNS[name]
     yield get

@@ -24,7 +24,7 @@ from backbones.projected.diffusion import timesteps_for
 from dnnlib.util import UserError
 from metrics import metric_main
 from tests.test_backbones import _NvidiaStub
-from tests.test_training_loop import assert_same_training_state, loop_args, run, run_cli
+from tests.test_training_loop import assert_same_training_state, loop_args, run, run_cli, straight_and_resumed
 from torch_utils import distributed
 from training import config, snapshot_io
 from training.training_loop import training_loop
@@ -61,9 +61,7 @@ def trained(tmp_path_factory):
         if variant not in _RUNS:
             root = tmp_path_factory.mktemp(variant)
             flags = VARIANTS[variant]
-            straight = run(pg_args(root, **flags), root / 'straight')
-            first = run(pg_args(root, kimg=ITERATIONS // 2 * BATCH / 1000, **flags), root / 'first')
-            resumed = run(pg_args(root, **flags), root / 'resumed', resume_pkl=first['last_snapshot'])
+            straight, first, resumed = straight_and_resumed(pg_args, root, ITERATIONS // 2 * BATCH / 1000, **flags)
             _RUNS[variant] = (straight, first, resumed, root)
         return _RUNS[variant]
 
@@ -182,7 +180,7 @@ def test_configuration_errors(flags, message):
 
 def test_configuration_defaults(capsys):
     desc, args = _configure()
-    assert desc.endswith('-fastgan') or '-fastgan' in desc
+    assert desc == 'builtin32-projected-fastgan-ngf4'
     assert args.batch_size == 64 and args.batch_gpu == 64 and args.total_kimg == 10000
     assert args.augment_kwargs == dict(class_name='training.diffaugment.DiffAugmentPipe',
                                        policy='color,translation,cutout', cutout_ratio=0.2)

@@ -55,6 +55,15 @@ def run_cli(script: str, *args: str, tmp_path, env: dict | None = None) -> subpr
     return proc
 
 
+def straight_and_resumed(make_args, root, half_kimg: float, **flags) -> tuple[dict, dict, dict]:
+    """Exact-resume fixture: (a straight run, its first half, the second half resumed from it),
+    with ``make_args(root, **flags)`` training_loop kwargs; run folders under ``root``."""
+    straight = run(make_args(root, **flags), root / 'straight')
+    first = run(make_args(root, **dict(flags, kimg=half_kimg)), root / 'first')
+    resumed = run(make_args(root, **flags), root / 'resumed', resume_pkl=first['last_snapshot'])
+    return straight, first, resumed
+
+
 def assert_same_training_state(path_a: str, path_b: str) -> None:
     a, b = snapshot_io.read(path_a), snapshot_io.read(path_b)
     assert a['modules'].keys() == b['modules'].keys()

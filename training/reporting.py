@@ -108,7 +108,7 @@ class MetricRunner:
                                              **self.metric_kwargs)
             if self.rank == 0:
                 metric_main.report_metric(result, run_dir=self.run_dir, snapshot_pkl=snapshot_path)
-                previous = _read_json(os.path.join(self.run_dir, 'best.json'))
+                previous = metric_main.read_best(self.run_dir)
                 best = metric_main.update_best(self.run_dir, result, snapshot_path)
                 improved = best.get('timestamp') != previous.get('timestamp')
                 if self.best_model and improved and result['metric'] == best.get('metric'):
@@ -122,14 +122,6 @@ class MetricRunner:
 
 BEST_MODEL = 'best_model.pt'
 BEST_NIMG = 'best_nimg.txt'
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding='utf-8') as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
 
 
 def keep_best_model(run_dir: str, best: dict, snapshot_path: str) -> bool:

@@ -162,7 +162,7 @@ def dataset_options(network_path: Optional[str], data: Optional[str], mirror: Op
 
 
 @click.command(context_settings=dict(max_content_width=110))
-@click.option('--network', 'network_path', help='Network snapshot (.pt) to evaluate', metavar='PATH')
+@click.option('--network', 'network_path', help='Network snapshot (.pt) or official network pickle (.pkl) to evaluate', metavar='PATH')
 @click.option('--gen-data', help='Folder or zip of generated images to evaluate instead of --network', metavar='PATH')
 @click.option('--metrics', help='Comma-separated list or "none"', type=dnnlib.util.CommaSeparatedList(), default='fid50k_full',
               show_default=True)

@@ -81,7 +81,7 @@ def tile(images: list[np.ndarray], columns: int) -> np.ndarray:
 
 
 @click.command()
-@click.option('--network', 'network_path', help='Network snapshot (.pt)', required=True, metavar='PATH')
+@click.option('--network', 'network_path', help='Network snapshot (.pt) or official network pickle (.pkl)', required=True, metavar='PATH')
 @click.option('--seeds', help='List of random seeds, e.g. 0-7,12', required=True, metavar='LIST')
 @click.option('--trunc', 'truncation_psi', help='Truncation psi', type=float, default=1, show_default=True)
 @click.option('--class', 'class_idx', help='Class label (conditional networks)', type=int)
@@ -93,7 +93,7 @@ def tile(images: list[np.ndarray], columns: int) -> np.ndarray:
 @click.option('--ops', type=click.Choice(['ref', 'cuda', 'auto']), default='auto', show_default=True, help='Custom ops')
 def main(network_path: str, seeds: str, truncation_psi: float, class_idx: Optional[int], noise_mode: str,
          outdir: str, grid: bool, grid_cols: Optional[int], device: str, ops: str) -> None:
-    """Generate images using a pretrained degan network."""
+    """Generate images using a pretrained degan network or an official StyleGAN2(-ADA) pickle."""
     from torch_utils.ops import _impl
     _impl.set_default_impl(ops)
     seed_list = util.parse_int_list(seeds)
@@ -103,7 +103,10 @@ def main(network_path: str, seeds: str, truncation_psi: float, class_idx: Option
     print(f'Loading networks from "{network_path}"...')
     G = snapshot_io.load_generator(network_path, dev, noise_mode=noise_mode, truncation_psi=truncation_psi)
     label = make_label(G, class_idx, dev)
-    os.makedirs(outdir, exist_ok=True)
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f'--outdir={outdir}: cannot create the folder ({e.strerror})') from None
     images = generate_images(G, seed_list, label, dev)
     if grid:
         columns = grid_cols or math.ceil(math.sqrt(len(images)))

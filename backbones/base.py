@@ -65,6 +65,7 @@ class ConfigContext:
     chain: Optional[dict]           # CHAIN layer kwargs for the D (None: CHAIN off)
     dataset_size: int = 0           # images in the training set (after --subset; before x-flips)
     mirror: bool = False            # --mirror (x-flips double the data)
+    transfer: bool = False          # --resume of a weights-only file (official pickle): fresh training state
 
 
 @dataclasses.dataclass

@@ -42,6 +42,14 @@ class UserError(Exception):
 # ---------------------------------------------------------------------------------------------
 # Formatting and parsing.
 
+def format_names(names: Sequence[str], limit: int = 8) -> str:
+    """``a, b, c and 4 more`` (``none`` for an empty list): names in a one-line error."""
+    names = list(names)
+    if not names:
+        return 'none'
+    return ', '.join(names[:limit]) + (f' and {len(names) - limit} more' if len(names) > limit else '')
+
+
 def format_time(seconds: float) -> str:
     """Format a duration like upstream's status line: ``45s``, ``3m 05s``, ``2h 07m 03s``, ``1d 04h 05m``."""
     s = int(round(seconds))

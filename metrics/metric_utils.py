@@ -474,6 +474,7 @@ class GeneratorSampler:
         seed = (opts.seed * 1_000_003 + opts.rank) % (2 ** 63)
         self.torch_gen = torch.Generator(device=self.device).manual_seed(seed)
         self.np_rng = np.random.RandomState(seed % (2 ** 32))
+        self.noise_seed, self.calls = seed ^ 0x5EED, 0  # G's own random draws (noise inputs)
         self.labels: Optional[np.ndarray] = None
         if getattr(self.G, 'c_dim', 0) > 0:
             dataset = open_dataset(opts.dataset_kwargs)
@@ -496,11 +497,20 @@ class GeneratorSampler:
                     n = min(batch_gen, batch_size - start)
                     z = torch.randn([n, G.z_dim], generator=self.torch_gen, device=self.device)
                     c = self._labels(n)
-                    out.append(quantize_generated(G(z, c)))
+                    out.append(quantize_generated(self._call_seeded(G, z, c)))
         finally:
             if module is not None:
                 module.train(was_training)
         return torch.cat(out)
+
+    def _call_seeded(self, G: Generator, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """G(z, c) with the global RNG (G's noise inputs) seeded per call and restored after, so
+        that a metric repeats exactly and never moves the caller's random stream."""
+        devices = [self.device.index or 0] if self.device.type == 'cuda' else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed((self.noise_seed + self.calls) % (2 ** 63))
+            self.calls += 1
+            return G(z, c)
 
     def _labels(self, n: int) -> torch.Tensor:
         if self.labels is None:

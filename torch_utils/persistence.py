@@ -76,6 +76,11 @@ def is_persistent(obj: Any) -> bool:
     return class_name_of(type(obj)) in _registry and hasattr(obj, 'init_kwargs')
 
 
+def lookup_class(class_name: str) -> type:
+    """degan's network class registered under ``class_name`` (imported from degan's own module)."""
+    return _lookup(class_name)
+
+
 def _lookup(class_name: str) -> type:
     if class_name not in _registry:
         util.get_obj_by_name(class_name)  # imports degan's own module, which registers the class

@@ -60,7 +60,9 @@ class CommonOptions(OptionGroup):
                                 show_default='from --cfg')
     tick: Optional[float] = flag(None, 'How often to print progress (kimg)', type=click.FloatRange(0, min_open=True),
                                  metavar='KIMG', show_default='4')
-    resume: Optional[str] = flag(None, 'Resume from a degan snapshot (.pt): continues exactly', metavar='PATH')
+    resume: Optional[str] = flag(
+        None, 'Resume from a degan snapshot (.pt: continues exactly), or start from the weights of an official '
+        'network pickle (.pkl: transfer)', metavar='PATH')
     grid: Optional[str] = flag(None, 'Snapshot image grid, columns x rows', metavar='WxH',
                                show_default='upstream on GPU, 8x8 on CPU')
     workers: int = flag(3, 'DataLoader workers (capped at cores - 1)', type=click.IntRange(0))
@@ -165,10 +167,11 @@ def build_training_args(opts: TrainOptions) -> tuple[str, dnnlib.EasyDict]:
     desc, resolution, dataset_size = _dataset_config(common, args)
     args.chain_kwargs = opts.chain.layer_kwargs()
 
+    resume_desc, transfer = _resume_config(common, args)
     configured = backbone.configure(ConfigContext(
         options=opts.backbone, cfg=common.cfg, gpus=common.gpus, resolution=resolution, kimg=common.kimg,
         batch=common.batch, glr=common.glr, dlr=common.dlr, chain=args.chain_kwargs, dataset_size=dataset_size,
-        mirror=bool(common.mirror)))
+        mirror=bool(common.mirror), transfer=transfer))
     desc += ('' if backbone.name == backbones.DEFAULT else f'-{backbone.name}') + configured.desc
     args.backbone_kwargs = configured.kwargs
     args.total_kimg = configured.total_kimg
@@ -179,7 +182,7 @@ def build_training_args(opts: TrainOptions) -> tuple[str, dnnlib.EasyDict]:
         args.kimg_per_tick = common.tick
 
     desc += opts.augment.configure(args, configured.diffaugment)
-    desc += _resume_config(common, args) + configured.transfer_desc
+    desc += resume_desc + configured.transfer_desc
     _performance_config(common, args)
     desc += opts.atopk.configure(args, opts.augment.mode, common.seed)
     desc += opts.chain.describe()
@@ -242,16 +245,29 @@ def _metric_kwargs(common: CommonOptions, metrics: list[str]) -> dnnlib.EasyDict
     return kwargs
 
 
-def _resume_config(common: CommonOptions, args: dnnlib.EasyDict) -> str:
+def _resume_config(common: CommonOptions, args: dnnlib.EasyDict) -> tuple[str, bool]:
+    """--resume → ``resume_pkl``; (run-name part, whether it is a transfer).
+
+    The file is read now, so a bad one is an error before the run starts. A weights-only file
+    (an official ``.pkl``, a converted checkpoint) is a transfer: the run starts at kimg 0 with
+    fresh optimisers and, as upstream's resume, ADA's p moves 0 → 1 in 100 kimg
+    (``ada_kimg=100``) and G_ema has no ramp-up. A degan snapshot with its training state
+    continues exactly, with the flags it was started with.
+    """
     if common.resume is None:
-        return ''
+        return '', False
     if common.resume == 'noresume':
-        return '-noresume'
+        return '-noresume', False
     if common.resume.startswith(('http://', 'https://')) or common.resume in (
             'ffhq256', 'ffhq512', 'ffhq1024', 'celebahq256', 'lsundog256'):
-        raise UserError(f'--resume={common.resume}: degan never downloads; pass the path of a degan snapshot (.pt)')
+        raise UserError(f'--resume={common.resume}: degan never downloads; pass the path of a degan snapshot (.pt) '
+                        'or of a network pickle (.pkl) you downloaded')
+    from training import snapshot_io
+    transfer = snapshot_io.is_transfer(snapshot_io.read(common.resume))
     args.resume_pkl = common.resume
-    return '-resumecustom'
+    if transfer:
+        args.ada_kimg = 100
+    return '-resumecustom', transfer
 
 
 def _performance_config(common: CommonOptions, args: dnnlib.EasyDict) -> None:

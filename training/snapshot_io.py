@@ -27,6 +27,7 @@ this module knows an architecture: what to save comes from the backbone's ``Trai
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Optional
 
@@ -35,9 +36,12 @@ import torch.distributed as dist
 
 import backbones
 from dnnlib import util
-from torch_utils import distributed, misc, persistence
+from torch_utils import distributed, misc, persistence, safe_pickle
 
 VERSION = 2
+OFFICIAL_SOURCE = 'official-pickle'  # ``source`` of a snapshot converted from an official pickle
+#: What upstream's resume takes from a pickle (its augment pipe, and so ADA's p, start fresh).
+OFFICIAL_TRANSFER_MODULES = ('G', 'D', 'G_ema')
 V1_MODULES = ('G', 'D', 'G_ema', 'augment_pipe')
 COUNTERS = ('cur_nimg', 'cur_tick', 'batch_idx', 'tick_start_nimg')
 
@@ -91,7 +95,16 @@ def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def read(path: str) -> dict[str, Any]:
-    """Load a snapshot safely (no code runs) in the current layout, whatever version wrote it."""
+    """Load a snapshot safely (no code runs) in the current layout, whatever version wrote it.
+
+    An official StyleGAN2-ADA network pickle (PyTorch or TensorFlow-era) is read through the
+    allow-list unpickler and converted to a weights-only snapshot
+    (``backbones/stylegan2/official.py``)."""
+    if not os.path.isfile(path):
+        raise util.UserError(f'snapshot not found: {path}')
+    if path.endswith('.pkl') or safe_pickle.looks_like_pickle(path):
+        from backbones.stylegan2 import official
+        return official.read_pickle(path)
     data = persistence.load_snapshot(path)
     version = data.get('version', 1)
     if version == 1:
@@ -107,22 +120,28 @@ def restore(path: str, *, modules: dict[str, Optional[torch.nn.Module]], optiona
             rank: int, num_gpus: int) -> Optional[dict[str, Any]]:
     """Load every module (strictly) and, when present, the training state.
 
-    Returns None for a weights-only snapshot, else the counters plus ``rng``: this rank's RNG
-    states, which the caller restores at the very end of set-up (``misc.set_rng_state``).
+    Returns None for a weights-only snapshot (transfer learning: see :func:`is_transfer`), else
+    the counters plus ``rng``: this rank's RNG states, which the caller restores at the very end
+    of set-up (``misc.set_rng_state``).
     """
     data = read(path)
     if data.get('backbone', backbone) != backbone:
         raise util.UserError(f'{path} was written by --backbone={data["backbone"]}; this run uses --backbone={backbone}')
+    transfer = is_transfer(data)
     saved_modules = data.get('modules') or {}
     for name, module in modules.items():
         if module is None:
             continue
         record = saved_modules.get(name)
+        if transfer and data.get('source') == OFFICIAL_SOURCE and name not in OFFICIAL_TRANSFER_MODULES:
+            if rank == 0 and record is not None:
+                print(f'Note: "{name}" of the official pickle is not used: it starts fresh (as upstream\'s resume).')
+            continue
         if record is None:
             if name in optional_modules:
                 continue
             raise util.UserError(f'{path}: the snapshot holds no "{name}"')
-        _load_weights(path, name, record, module)
+        _load_weights(path, name, record, module, allow_missing_buffers=transfer, verbose=rank == 0)
 
     training_state = data.get('training_state')
     if training_state is None:
@@ -153,14 +172,33 @@ def _load_states(path: str, states: dict[str, Any], saved: dict[str, Any]) -> No
         print(f'Note: the snapshot\'s {name} state is not used by this run.')
 
 
-def _load_weights(path: str, name: str, record: dict, module: torch.nn.Module) -> None:
+def is_transfer(data: dict[str, Any]) -> bool:
+    """True for a weights-only snapshot (an official pickle, a converted checkpoint): ``--resume``
+    starts from its weights with kimg, optimisers and controllers fresh."""
+    return data.get('training_state') is None
+
+
+def _load_weights(path: str, name: str, record: dict, module: torch.nn.Module, *,
+                  allow_missing_buffers: bool = False, verbose: bool = True) -> None:
+    """Load strictly; for a transfer, buffers the file lacks (e.g. CHAIN's statistics on an official
+    D) keep their initial values and are listed."""
     try:
-        module.load_state_dict(record['state_dict'], strict=True)
+        missing, unexpected = module.load_state_dict(record['state_dict'], strict=False)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()
+        lines = [line.strip() for line in str(e).splitlines() if 'size mismatch' in line] or str(e).splitlines()
         raise util.UserError(f'{path}: "{name}" does not match this run\'s network configuration '
-                             f'({first[0] if first else e}). Use the same --backbone, --cfg and network and '
+                             f'({lines[0] if lines else e}). Use the same --backbone, --cfg and network and '
                              f'method flags as the run that wrote it.') from None
+    buffers = {n for n, _ in module.named_buffers()}
+    fatal_missing = [n for n in missing if not (allow_missing_buffers and n in buffers)]
+    if fatal_missing or unexpected:
+        raise util.UserError(f'{path}: "{name}" does not match this run\'s network configuration (missing '
+                             f'{util.format_names(fatal_missing)}; unexpected {util.format_names(unexpected)}). '
+                             'Use the same --backbone, --cfg and network and method flags as the run that wrote it.')
+    kept = sorted(set(missing) - set(fatal_missing))
+    if kept and verbose:
+        print(f'Note: "{name}" buffers not in {os.path.basename(path)} keep their initial values: '
+              f'{util.format_names(kept)}')
 
 
 def load_module(path: str, name: str = 'G_ema', device: torch.device | str = 'cpu',

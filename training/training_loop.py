@@ -225,7 +225,7 @@ class _Run:
             rank=self.o.rank, num_gpus=self.o.num_gpus)
         self.last_snapshot = self.o.resume_pkl
         if resumed is None:
-            self.log('The snapshot holds weights only: training state starts fresh.')
+            self.log('Transfer: the file holds weights only; kimg, optimisers and controllers start fresh.')
             return None
         rng = resumed.pop('rng')
         self.state.update(resumed)

@@ -65,6 +65,8 @@ class StyleGAN2Backbone(Backbone):
         mbstd = kwargs.D_kwargs.epilogue_kwargs.mbstd_group_size
         if mbstd is not None and mbstd > 0 and batch_gpu % min(mbstd, batch_gpu) != 0:
             raise UserError(f'--mbstd-group={mbstd} must divide the per-GPU batch {batch_gpu}')
+        if ctx.transfer:  # upstream's resume: no EMA ramp-up
+            kwargs.ema_kwargs.ema_rampup = None
         transfer_desc = ''
         if opts.freezed:
             transfer_desc = f'-freezed{opts.freezed:d}'

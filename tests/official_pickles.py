@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import copyreg
+import math
 import os
 import pickle
 import types
@@ -167,6 +168,8 @@ def tf_generator_variables(G: torch.nn.Module) -> tuple[dict, dict, dict]:
             synthesis[f'{s}/noise_strength'] = sd[f'{b}.{layer}.noise_strength'].numpy().copy()
             synthesis[f'noise{noise}'] = sd[f'{b}.{layer}.noise_const'].numpy()[None, None].copy()
             noise += 1
+        if not hasattr(getattr(G.synthesis, f'b{res}'), 'torgb'):
+            continue
         t = f'{res}x{res}/ToRGB'
         synthesis[f'{t}/weight'] = _tf_conv(sd[f'{b}.torgb.weight'])
         synthesis[f'{t}/bias'] = sd[f'{b}.torgb.bias'].numpy().copy()
@@ -175,21 +178,25 @@ def tf_generator_variables(G: torch.nn.Module) -> tuple[dict, dict, dict]:
     return own, mapping, synthesis
 
 
-def tf_discriminator_variables(D: torch.nn.Module) -> dict[str, np.ndarray]:
-    """Variables of TensorFlow's D_stylegan2 (resnet) for degan's unconditional ``D``."""
+def tf_discriminator_variables(D: torch.nn.Module, lod_names: bool = False) -> dict[str, np.ndarray]:
+    """Variables of TensorFlow's D_stylegan2 for degan's unconditional ``D``; ``lod_names``: the
+    input layer named by level of detail (``FromRGB_lod0``), as progressive-era pickles do."""
     sd = {k: v.detach() for k, v in D.state_dict().items()}
     out: dict[str, np.ndarray] = {}
     top = D.block_resolutions[0]
     for res in D.block_resolutions:
         b, s = f'b{res}', f'{res}x{res}'
-        if res == top:
-            out[f'{s}/FromRGB/weight'] = _tf_conv(sd[f'{b}.fromrgb.weight'])
-            out[f'{s}/FromRGB/bias'] = sd[f'{b}.fromrgb.bias'].numpy().copy()
+        block = getattr(D, b)
+        if hasattr(block, 'fromrgb'):
+            f = f'FromRGB_lod{int(math.log2(top // res))}' if lod_names else f'{s}/FromRGB'
+            out[f'{f}/weight'] = _tf_conv(sd[f'{b}.fromrgb.weight'])
+            out[f'{f}/bias'] = sd[f'{b}.fromrgb.bias'].numpy().copy()
         out[f'{s}/Conv0/weight'] = _tf_conv(sd[f'{b}.conv0.weight'])
         out[f'{s}/Conv0/bias'] = sd[f'{b}.conv0.bias'].numpy().copy()
         out[f'{s}/Conv1_down/weight'] = _tf_conv(sd[f'{b}.conv1.weight'])
         out[f'{s}/Conv1_down/bias'] = sd[f'{b}.conv1.bias'].numpy().copy()
-        out[f'{s}/Skip/weight'] = _tf_conv(sd[f'{b}.skip.weight'])
+        if hasattr(block, 'skip'):
+            out[f'{s}/Skip/weight'] = _tf_conv(sd[f'{b}.skip.weight'])
     out['4x4/Conv/weight'] = _tf_conv(sd['b4.conv.weight'])
     out['4x4/Conv/bias'] = sd['b4.conv.bias'].numpy().copy()
     out['4x4/Dense0/weight'] = _tf_dense(sd['b4.fc.weight'])
@@ -205,6 +212,8 @@ def tf_generator(G: torch.nn.Module, name: str = 'G', extra_kwargs: Optional[dic
     kwargs = dict(num_channels=G.img_channels, resolution=G.img_resolution, label_size=G.c_dim,
                   latent_size=G.z_dim, dlatent_size=G.w_dim, mapping_layers=G.mapping.num_layers,
                   fmap_base=syn['channel_base'] // 2, fmap_max=syn['channel_max'], **(extra_kwargs or {}))
+    if syn.get('architecture', 'skip') != 'skip':
+        kwargs['architecture'] = syn['architecture']
     own, mapping, synthesis = tf_generator_variables(G)
     components = dict(
         mapping=tf_network('G_mapping', 'training.networks_stylegan2.G_mapping', {}, mapping),
@@ -212,10 +221,15 @@ def tf_generator(G: torch.nn.Module, name: str = 'G', extra_kwargs: Optional[dic
     return tf_network(name, 'training.networks_stylegan2.G_main', kwargs, own, components)
 
 
-def tf_discriminator(D: torch.nn.Module, channel_base: int, channel_max: int, mbstd_group_size: int) -> TFNetworkStandIn:
+def tf_discriminator(D: torch.nn.Module, channel_base: int, channel_max: int, mbstd_group_size: int,
+                     lod_names: bool = False) -> TFNetworkStandIn:
+    """TensorFlow's D_stylegan2 holding degan's unconditional ``D``; with ``lod_names`` its 'orig'
+    architecture is told by the variable names alone."""
     kwargs = dict(num_channels=D.img_channels, resolution=D.img_resolution, label_size=0,
                   fmap_base=channel_base // 2, fmap_max=channel_max, mbstd_group_size=mbstd_group_size)
-    return tf_network('D', 'training.networks_stylegan2.D_stylegan2', kwargs, tf_discriminator_variables(D))
+    if D.b4.architecture != 'resnet' and not lod_names:
+        kwargs['architecture'] = D.b4.architecture
+    return tf_network('D', 'training.networks_stylegan2.D_stylegan2', kwargs, tf_discriminator_variables(D, lod_names))
 
 
 def write_tf_pickle(path: str, G: TFNetworkStandIn, D: TFNetworkStandIn, Gs: TFNetworkStandIn,

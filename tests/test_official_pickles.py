@@ -147,6 +147,22 @@ def test_tf_pickle_converts_by_name(tmp_path, numpy_1_names):
     assert loaded['G'].init_kwargs['synthesis_kwargs']['channel_base'] == 128, 'fmap_base × 2'
 
 
+@pytest.mark.parametrize('lod_names', [False, True])
+def test_tf_orig_architecture(tmp_path, lod_names):
+    """StyleGAN2's 'orig' networks say so in their kwargs; a D may instead name its input layer by
+    level of detail (FromRGB_lod0)."""
+    G_kwargs = dict(G_KWARGS, synthesis_kwargs=dict(G_KWARGS['synthesis_kwargs'], architecture='orig'))
+    nets = make_networks(0, G_kwargs, dict(D_KWARGS, architecture='orig'))
+    G, D = op.tf_generator(nets.G), op.tf_discriminator(nets.D, 128, 16, 4, lod_names=lod_names)
+    assert ('architecture' in D.state['static_kwargs']) != lod_names
+    loaded = legacy.load_network_pkl(op.write_tf_pickle(str(tmp_path / 'tf.pkl'), G, D, G))
+    assert loaded['G'].init_kwargs['synthesis_kwargs']['architecture'] == 'orig'
+    assert loaded['D'].init_kwargs['architecture'] == 'orig'
+    z, c, img = _inputs(nets)
+    assert torch.equal(loaded['G'](z, c, noise_mode='const'), nets.G(z, c, noise_mode='const'))
+    assert torch.equal(loaded['D'](img, c), nets.D(img, c))
+
+
 def test_tf_conditional_generator(tmp_path):
     nets = make_networks(c_dim=3)
     record = official_tf_record(op.tf_generator(nets.G_ema), tmp_path)
@@ -197,6 +213,18 @@ class _PlainWithPersistence(pickle.Unpickler):
         if (module, name) == ('torch_utils.persistence', '_reconstruct_persistent_obj'):
             return lambda meta: meta
         return super().find_class(module, name)
+
+
+def test_train_refuses_a_hostile_resume_before_creating_the_run(tmp_path, capsys):
+    import train
+    marker = tmp_path / 'pwned'
+    path = op.write_malicious_pickle(str(tmp_path / 'evil.pkl'), str(marker), how='exec', nested=True)
+    with pytest.raises(SystemExit) as info:
+        util.run_cli(train.main, [f'--outdir={tmp_path / "runs"}', '--data=builtin:16', f'--resume={path}'])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and '\n' not in err and 'builtins.exec' in err
+    assert not marker.exists() and not (tmp_path / 'runs').exists()
 
 
 class SynthesisInput(torch.nn.Module):  # a StyleGAN3 class name inside a StyleGAN2 generator

@@ -129,8 +129,8 @@ def load_snapshot(path: str, map_location: Optional[str | torch.device] = 'cpu')
     if not os.path.isfile(path):
         raise util.UserError(f'snapshot not found: {path}')
     if path.endswith('.pkl'):
-        raise util.UserError(f'{path}: upstream pickles carry executable code and are not loaded by degan; '
-                             'convert them to a degan .pt snapshot first')
+        raise util.UserError(f'{path}: a network pickle is read through training.snapshot_io.read or legacy.py '
+                             '(never with plain unpickling: it carries executable code)')
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a usable snapshot"

@@ -75,7 +75,7 @@ def _check_unknown(path: str, net: safe_pickle.TFNetwork, kwargs: _Kwargs) -> No
 # ---------------------------------------------------------------------------------------------
 # Generator.
 
-def generator_kwargs(path: str, net: safe_pickle.TFNetwork, variables: dict[str, np.ndarray]) -> dict[str, Any]:
+def generator_kwargs(path: str, net: safe_pickle.TFNetwork) -> dict[str, Any]:
     """degan ``Generator`` kwargs from a TensorFlow ``G_main``'s static kwargs."""
     k = _Kwargs(net, G_IGNORED)
     kwargs = dict(
@@ -90,8 +90,6 @@ def generator_kwargs(path: str, net: safe_pickle.TFNetwork, variables: dict[str,
                               use_noise=k('use_noise', True), activation=k('nonlinearity', 'lrelu')),
     )
     _check_unknown(path, net, k)
-    if any(name.startswith('ToRGB_lod') for name in variables):
-        kwargs['synthesis_kwargs']['architecture'] = 'orig'
     return kwargs
 
 
@@ -152,8 +150,8 @@ def generator_value(tf: dict[str, np.ndarray], name: str) -> Optional[np.ndarray
 
 def generator_record(path: str, net: safe_pickle.TFNetwork) -> dict[str, Any]:
     _check_version(path, net)
-    tf = _with_lod_aliases(net.variables(), 'ToRGB', 'synthesis/', net.static_kwargs.get('resolution', 1024))
-    kwargs = generator_kwargs(path, net, tf)
+    tf = net.variables()
+    kwargs = generator_kwargs(path, net)
     return _record(path, net, 'training.networks.Generator', kwargs, tf, generator_value)
 
 
@@ -209,7 +207,7 @@ def discriminator_value(tf: dict[str, np.ndarray], name: str) -> Optional[np.nda
 
 def discriminator_record(path: str, net: safe_pickle.TFNetwork) -> dict[str, Any]:
     _check_version(path, net)
-    tf = _with_lod_aliases(net.variables(), 'FromRGB', '', net.static_kwargs.get('resolution', 1024))
+    tf = _with_lod_aliases(net.variables(), net.static_kwargs.get('resolution', 1024))
     kwargs = discriminator_kwargs(path, net, tf)
     return _record(path, net, 'training.networks.Discriminator', kwargs, tf, discriminator_value)
 
@@ -217,16 +215,17 @@ def discriminator_record(path: str, net: safe_pickle.TFNetwork) -> dict[str, Any
 # ---------------------------------------------------------------------------------------------
 # Shared.
 
-def _with_lod_aliases(tf: dict[str, np.ndarray], layer: str, prefix: str, resolution: int) -> dict[str, np.ndarray]:
-    """The 'orig' architecture names its RGB layers by level of detail (``ToRGB_lod0``); give
-    them the per-resolution names as well."""
+def _with_lod_aliases(tf: dict[str, np.ndarray], resolution: int) -> dict[str, np.ndarray]:
+    """Discriminators that name their RGB input by level of detail (``FromRGB_lod0``, the
+    progressive-growing naming) are 'orig' networks; give those variables their per-resolution
+    names as well (``{R}x{R}/FromRGB``). StyleGAN2's own 'orig' networks say so in their
+    ``architecture`` kwarg and use per-resolution names."""
     out = dict(tf)
     for name, value in tf.items():
-        short = name[len(prefix):] if name.startswith(prefix) else None
-        if short and short.startswith(f'{layer}_lod'):
-            lod, rest = short[len(layer) + 4:].split('/', 1)
+        if name.startswith('FromRGB_lod'):
+            lod, rest = name[len('FromRGB_lod'):].split('/', 1)
             res = int(resolution) // 2 ** int(lod)
-            out[f'{prefix}{res}x{res}/{layer}/{rest}'] = value
+            out[f'{res}x{res}/FromRGB/{rest}'] = value
     return out
 
 

@@ -30,6 +30,7 @@ from backbones.stylegan2 import official
 from dnnlib import util
 from dnnlib.util import UserError
 from torch_utils import persistence
+from training import snapshot_io
 
 FP16_RES, FP16_CONV_CLAMP = 4, 256  # upstream's --force-fp16 settings
 
@@ -50,8 +51,7 @@ def with_fp16(snapshot: dict[str, Any]) -> dict[str, Any]:
 def load_network_pkl(f: BinaryIO | str, force_fp16: bool = False) -> dict[str, Any]:
     """``G``, ``D``, ``G_ema`` (eval mode, no gradients), ``augment_pipe`` (or None) and
     ``training_set_kwargs`` (or None) of an official pickle, as degan modules."""
-    name = f if isinstance(f, str) else getattr(f, 'name', 'pickle')
-    snapshot = official.read_pickle(f) if isinstance(f, str) else official.snapshot_from_pickle(f, name)
+    snapshot = snapshot_io.read_official(f)
     if force_fp16:
         snapshot = with_fp16(snapshot)
     out: dict[str, Any] = dict(training_set_kwargs=snapshot['training_set_kwargs'])
@@ -66,7 +66,7 @@ def convert(source: str, dest: str, fp16: bool = False) -> dict[str, Any]:
         raise UserError(f'--dest={dest}: degan snapshots are .pt files (plain tensors, no code); name it *.pt')
     if os.path.abspath(source) == os.path.abspath(dest):
         raise UserError('--dest must differ from --source')
-    snapshot = official.read_pickle(source)
+    snapshot = snapshot_io.read_official(source)
     if fp16:
         snapshot = with_fp16(snapshot)
     persistence.save_snapshot(snapshot, dest)

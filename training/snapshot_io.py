@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Optional
+from typing import Any, BinaryIO, Optional
 
 import torch
 import torch.distributed as dist
@@ -103,8 +103,7 @@ def read(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise util.UserError(f'snapshot not found: {path}')
     if path.endswith('.pkl') or safe_pickle.looks_like_pickle(path):
-        from backbones.stylegan2 import official
-        return official.read_pickle(path)
+        return read_official(path)
     data = persistence.load_snapshot(path)
     version = data.get('version', 1)
     if version == 1:
@@ -113,6 +112,21 @@ def read(path: str) -> dict[str, Any]:
         raise util.UserError(f'{path}: snapshot format version {version} is newer than this degan ({VERSION}); '
                              'update degan to read it')
     return data
+
+
+def read_official(source: str | BinaryIO, name: Optional[str] = None) -> dict[str, Any]:
+    """A weights-only snapshot (``source='official-pickle'``) of an official StyleGAN2(-ADA) network
+    pickle, given by path or as an open file (``backbones/stylegan2/official.py``)."""
+    from backbones.stylegan2 import official
+    if isinstance(source, str):
+        name, networks = source, official.read_pickle(source)
+    else:
+        name = name or getattr(source, 'name', 'pickle')
+        networks = official.networks_from_pickle(source, str(name))
+    return dict(format=persistence.SNAPSHOT_FORMAT, version=VERSION, backbone='stylegan2', source=OFFICIAL_SOURCE,
+                training_set_kwargs=networks['training_set_kwargs'], modules=networks['modules'],
+                metadata=dict(kimg=0.0, written=time.strftime('%Y-%m-%d %H:%M:%S'), num_gpus=1,
+                              converted_from=os.path.basename(str(name)), layout=networks['layout']))
 
 
 def restore(path: str, *, modules: dict[str, Optional[torch.nn.Module]], optional_modules: frozenset[str],

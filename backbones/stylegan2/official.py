@@ -20,16 +20,15 @@ it. Two layouts are understood:
   code): a tuple (G, D, Gs) of ``dnnlib.tflib.network.Network`` states, converted by name in
   ``backbones/stylegan2/official_tf.py``.
 
-The result is a weights-only snapshot in degan's layout (``training/snapshot_io.py``), tagged
-``source='official-pickle'`` (``training/snapshot_io.py``'s ``OFFICIAL_SOURCE``); every network is built once here and loaded strictly, so a
-mismatch is reported before anything is written or trained.
+The result — records of degan's classes — becomes a weights-only snapshot in
+``training/snapshot_io.py`` (``read_official``); every network is built once here and loaded
+strictly, so a mismatch is reported before anything is written or trained.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-import time
 from typing import Any, BinaryIO, Optional
 
 import torch
@@ -58,14 +57,15 @@ STYLEGAN2_ADA_CLASSES = frozenset({
 
 
 def read_pickle(path: str) -> dict[str, Any]:
-    """A degan snapshot dict (weights only) from an official PyTorch or TensorFlow-era pickle."""
+    """The networks of an official PyTorch or TensorFlow-era pickle: ``{'modules': {key: record or
+    None}, 'training_set_kwargs', 'layout'}`` (``training/snapshot_io.py`` makes it a snapshot)."""
     if not os.path.isfile(path):
         raise UserError(f'network pickle not found: {path}')
     with open(path, 'rb') as f:
-        return snapshot_from_pickle(f, path)
+        return networks_from_pickle(f, path)
 
 
-def snapshot_from_pickle(file: BinaryIO, path: str) -> dict[str, Any]:
+def networks_from_pickle(file: BinaryIO, path: str) -> dict[str, Any]:
     """:func:`read_pickle` of an open file; ``path`` names it in errors."""
     data = safe_pickle.load(file, name=path)
     if _is_tf_triple(data):
@@ -85,11 +85,7 @@ def snapshot_from_pickle(file: BinaryIO, path: str) -> dict[str, Any]:
     for key, record in modules.items():
         if record is not None:
             check_record(path, key, record)
-    from training import snapshot_io
-    return dict(format=persistence.SNAPSHOT_FORMAT, version=snapshot_io.VERSION, backbone='stylegan2',
-                training_set_kwargs=training_set_kwargs, modules=modules, source=snapshot_io.OFFICIAL_SOURCE,
-                metadata=dict(kimg=0.0, written=time.strftime('%Y-%m-%d %H:%M:%S'), num_gpus=1,
-                              converted_from=os.path.basename(path), layout=layout))
+    return dict(modules=modules, training_set_kwargs=training_set_kwargs, layout=layout)
 
 
 def record_from_persistent(path: str, key: str, obj: Any) -> dict[str, Any]:

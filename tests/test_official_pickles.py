@@ -21,7 +21,7 @@ import legacy
 from backbones.stylegan2 import official
 from dnnlib import util
 from tests import official_pickles as op
-from tests.test_calc_metrics import _NvidiaStub, _script, _write_images
+from tests.test_calc_metrics import _NvidiaStub, _one_thread, _script, _write_images  # noqa: F401 (autouse)
 from tests.test_generate import expected_image
 from tests.test_training_loop import run, tiny_args
 from torch_utils import persistence, safe_pickle
@@ -31,14 +31,6 @@ RES = 16
 G_KWARGS = dict(z_dim=8, w_dim=8, img_resolution=RES, img_channels=3, mapping_kwargs=dict(num_layers=2),
                 synthesis_kwargs=dict(channel_base=128, channel_max=16))
 D_KWARGS = dict(img_resolution=RES, img_channels=3, channel_base=128, channel_max=16)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _perturb(module: torch.nn.Module, seed: int) -> torch.nn.Module:

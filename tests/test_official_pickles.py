@@ -327,3 +327,18 @@ def test_resume_from_a_pickle_is_a_transfer_with_freezed(tmp_path, capsys):
     start = final['modules']['G']['state_dict']['synthesis.b4.const']
     assert (start - nets.G.synthesis.b4.const).abs().max() < 0.05, 'G starts from the pickle'
     assert float(final['modules']['augment_pipe']['state_dict']['p']) < 0.25, "ADA's p starts fresh"
+
+
+def test_transfer_into_a_chain_run_keeps_chain_buffers_fresh(tmp_path, capsys):
+    """An official D has no CHAIN statistics: they keep their initial values and are listed."""
+    base = tiny_args(tmp_path)
+    G_kwargs = {k: v for k, v in base.backbone_kwargs.G_kwargs.items() if k != 'class_name'}
+    D_kwargs = {k: v for k, v in base.backbone_kwargs.D_kwargs.items() if k != 'class_name'}
+    nets = make_networks(0, dict(G_kwargs, img_resolution=RES, img_channels=3),
+                         dict(D_kwargs, img_resolution=RES, img_channels=3))
+    pkl = write_pickle(tmp_path / 'source.pkl', nets)
+    result = run(tiny_args(tmp_path, resume=pkl, chain=True, chain_start=0, kimg=0.008), tmp_path / 'run')
+    notes = [line for line in capsys.readouterr().out.splitlines() if 'keep their initial values' in line]
+    assert len(notes) == 1 and '"D"' in notes[0] and 'post_conv' in notes[0] and 'more' in notes[0]
+    D = snapshot_io.read(result['last_snapshot'])['modules']['D']['state_dict']
+    assert any(name.startswith('b16.conv0.post_conv') for name in D), 'CHAIN acts in the transferred D'

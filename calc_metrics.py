@@ -44,7 +44,7 @@ from dnnlib.util import UserError  # noqa: E402
 from metrics import metric_main, metric_utils  # noqa: E402
 from torch_utils import distributed  # noqa: E402
 from training import snapshot_io  # noqa: E402
-from training.dataset import (IMAGE_FOLDER_CLASS, image_files_kwargs, image_folder_kwargs,  # noqa: E402
+from training.dataset import (IMAGE_FILES_CLASS, IMAGE_FOLDER_CLASS, image_files_kwargs, image_folder_kwargs,  # noqa: E402
                               reference_dataset_kwargs, require_existing_paths)
 
 
@@ -134,6 +134,10 @@ def build_args(metrics: list[str], network_path: Optional[str], gen_data: Option
     return args
 
 
+#: The dataset classes a snapshot's ``training_set_kwargs`` may name (docs/decisions.md).
+SNAPSHOT_DATASET_CLASSES = (IMAGE_FOLDER_CLASS, IMAGE_FILES_CLASS)
+
+
 def dataset_options(network_path: Optional[str], data: Optional[str], mirror: Optional[bool]) -> dnnlib.EasyDict:
     """The real dataset's ``dataset_kwargs`` (with its ``class_name``, which the metrics need):
     ``--data``, else the snapshot's ``training_set_kwargs``; resolution and labels follow the
@@ -150,6 +154,10 @@ def dataset_options(network_path: Optional[str], data: Optional[str], mirror: Op
     elif snapshot.get('training_set_kwargs'):
         kwargs = dnnlib.EasyDict(copy.deepcopy(snapshot['training_set_kwargs']))
         kwargs.setdefault('class_name', IMAGE_FOLDER_CLASS)
+        if kwargs.class_name not in SNAPSHOT_DATASET_CLASSES:  # a file never chooses what code runs
+            raise UserError(f'{network_path}: its training_set_kwargs name the class "{kwargs.class_name}", which is '
+                            f'not a dataset class degan opens from a snapshot ({", ".join(SNAPSHOT_DATASET_CLASSES)}); '
+                            'pass --data=PATH')
     else:
         return dnnlib.EasyDict()  # metrics that need reals fail in check_metric with a message
     if G is not None:

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import click
@@ -113,6 +114,31 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+#: ``atomic_path``'s temporary names: ``.<final name>.<8 random characters><suffix>.tmp``.
+ATOMIC_TEMP_NAME = re.compile(r'^\..+\.[A-Za-z0-9_]{8}(\.[A-Za-z0-9]+)?\.tmp$')
+
+
+def remove_stale_temp_files(directory: str, min_age_s: float = 600) -> list[str]:
+    """Delete ``atomic_path`` temporaries in ``directory`` untouched for ``min_age_s`` seconds —
+    the leftovers of a write killed before its rename (a live writer's file is younger). Returns
+    the names removed."""
+    removed = []
+    now = time.time()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in sorted(names):
+        path = os.path.join(directory, name)
+        try:
+            if ATOMIC_TEMP_NAME.match(name) and os.path.isfile(path) and now - os.path.getmtime(path) >= min_age_s:
+                os.remove(path)
+                removed.append(name)
+        except OSError:
+            continue
+    return removed
 
 
 @contextlib.contextmanager

@@ -264,3 +264,21 @@ def test_training_metric_runner_writes_jsonl_and_best(env):
     assert best['metric'] == 'fid5k_full' and best['value'] == min(values)
     assert best['snapshot'] == recs[int(np.argmin(values))]['snapshot_pkl']
     assert len(runner.take_results()) == 2
+
+
+def test_a_snapshot_cannot_choose_the_dataset_class(env, tmp_path, capsys, monkeypatch):
+    """A weights_only-clean snapshot naming another degan callable as its dataset class is refused
+    (it once ran the training loop into a folder the file chose)."""
+    data = torch.load(env.snap, weights_only=True)
+    data['training_set_kwargs'] = dict(data['training_set_kwargs'], class_name='training.training_loop.training_loop',
+                                       run_dir=str(tmp_path / 'chosen-by-the-file'))
+    evil = tmp_path / 'evil.pt'
+    torch.save(data, str(evil))
+    ran = []
+    monkeypatch.setattr('training.training_loop.training_loop', lambda **kwargs: ran.append(kwargs))
+    with pytest.raises(SystemExit) as info:
+        _run(['--metrics=fid5k_full', f'--network={evil}', f'--detector={env.nv}', '--verbose=0'])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and 'training.training_loop.training_loop' in err and '--data' in err
+    assert not ran and not (tmp_path / 'chosen-by-the-file').exists()

@@ -57,3 +57,27 @@ def test_a_missing_module_names_itself(tmp_path):
                      mirror=True, seed=3, atopk_kimg=0.05, chain_dp=0.05)
     with pytest.raises(UserError, match='holds no "D"'):
         run(args, tmp_path / 'r', resume_pkl=str(tmp_path / 'noD.pt'))
+
+
+class _NotAllowed:
+    pass
+
+
+@pytest.mark.parametrize('content, reason', [
+    ('class', 'refers to tests.test_snapshot_io._NotAllowed'),
+    ('garbage', 'truncated, corrupt or not a torch file'),
+    ('truncated', 'truncated, corrupt or not a torch file'),
+])
+def test_unreadable_snapshots_never_advise_weights_only_false(tmp_path, content, reason):
+    path = tmp_path / 'snap.pt'
+    if content == 'class':
+        torch.save({'format': persistence.SNAPSHOT_FORMAT, 'x': _NotAllowed()}, str(path))
+    elif content == 'garbage':
+        path.write_bytes(b'hello world' * 10)
+    else:
+        torch.save({'format': persistence.SNAPSHOT_FORMAT, 'w': torch.zeros(1000)}, str(path))
+        path.write_bytes(path.read_bytes()[:600])
+    with pytest.raises(UserError) as info:
+        snapshot_io.read(str(path))
+    message = str(info.value)
+    assert reason in message and '\n' not in message and 'weights_only' not in message

@@ -216,3 +216,34 @@ def test_bad_flags_give_one_line_errors(tmp_path, flags, message):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('error:'), proc.stderr
     assert message in err[0]
+
+
+def test_snapshots_and_grids_below_one_kimg_never_replace_each_other(tmp_path):
+    """Ticks of 8 images: upstream's names (kimg rounded down) would all be ...000000; the first keeps
+    it, the later ones name their exact image count (and sort after it)."""
+    result = run(tiny_args(tmp_path, kimg=0.024, tick=0.008, snap=1), tmp_path / 'run')
+    files = sorted(os.listdir(tmp_path / 'run'))
+    snaps = [f for f in files if f.startswith('network-snapshot-')]
+    grids = [f for f in files if f.startswith('fakes0')]
+    assert snaps[0] == 'network-snapshot-000000.pt' and grids[0] == 'fakes000000.png'
+    assert len(snaps) >= 3 and len(grids) == len(snaps), files
+    counts = [snapshot_io.read(str(tmp_path / 'run' / f))['training_state']['cur_nimg'] for f in snaps]
+    assert len(set(counts)) == len(counts), 'each file holds another moment of the run'
+    assert result['last_snapshot'].endswith(f'network-snapshot-000000_{result["cur_nimg"]:03d}.pt')
+
+
+def test_resume_removes_temporaries_of_killed_snapshot_writes(tmp_path):
+    first = run(tiny_args(tmp_path, kimg=0.008), tmp_path / 'first')
+    folder = tmp_path / 'first'
+    stale = folder / '.network-snapshot-000004.pt.k3j9x0qz.tmp'   # as util.atomic_path names them
+    stale_grid = folder / '.fakes000004.png.ab12cd34.png.tmp'
+    fresh = folder / '.network-snapshot-000005.pt.zz99yy88.tmp'    # maybe a live writer: kept
+    other = folder / '.notes.tmp'                                  # not ours: kept
+    for path in (stale, stale_grid, fresh, other):
+        path.write_bytes(b'partial')
+    old = time.time() - 3600
+    for path in (stale, stale_grid, other):
+        os.utime(path, (old, old))
+    run(tiny_args(tmp_path, kimg=0.016), tmp_path / 'resumed', resume_pkl=first['last_snapshot'])
+    assert not stale.exists() and not stale_grid.exists()
+    assert fresh.exists() and other.exists() and os.path.exists(first['last_snapshot'])

@@ -18,6 +18,7 @@ import copy
 import functools
 import inspect
 import os
+import re
 from typing import Any, Optional, TypeVar
 
 import torch
@@ -124,6 +125,20 @@ def save_snapshot(data: dict[str, Any], path: str) -> None:
         torch.save(data, tmp)
 
 
+def _load_error_reason(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line — without torch's advice to
+    retry with ``weights_only=False`` (which would run whatever code the file names)."""
+    text = str(error)
+    found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
+    if found:
+        return f'it refers to {found.group(1)}, which a degan snapshot never holds; nothing of it was run'
+    first = text.strip().splitlines()[0] if text.strip() else ''
+    if (isinstance(error, (KeyError, EOFError)) or not first or 'weights_only' in text
+            or 'PytorchStreamReader' in text or 'zip archive' in text):
+        return f'truncated, corrupt or not a torch file ({type(error).__name__})'
+    return f'{type(error).__name__}: {first}'
+
+
 def load_snapshot(path: str, map_location: Optional[str | torch.device] = 'cpu') -> dict[str, Any]:
     """Load a snapshot with ``weights_only=True``: no code is executed while loading."""
     if not os.path.isfile(path):
@@ -134,7 +149,7 @@ def load_snapshot(path: str, map_location: Optional[str | torch.device] = 'cpu')
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a usable snapshot"
-        raise util.UserError(f'{path}: not a readable degan snapshot ({type(e).__name__}: {e})') from None
+        raise util.UserError(f'{path}: not a readable degan snapshot ({_load_error_reason(e)})') from None
     if not isinstance(data, dict) or data.get('format') != SNAPSHOT_FORMAT:
         raise util.UserError(f'{path}: not a degan snapshot (missing format tag)')
     return data

@@ -176,6 +176,7 @@ class _Run:
 
         self.state = dnnlib.EasyDict(cur_nimg=0, cur_tick=0, batch_idx=0, tick_start_nimg=0)
         self.last_snapshot: Optional[str] = None
+        self.written_names: set[str] = set()  # file names of this run's snapshots and grids
         resume_rng = self._resume()
         for module in self.setup.modules.values():
             if module is not None:
@@ -219,6 +220,11 @@ class _Run:
         if self.o.resume_pkl is None:
             return None
         self.log(f'Resuming from "{self.o.resume_pkl}"')
+        if self.o.rank == 0:  # kill -9 during a snapshot write leaves its temporary file behind
+            stale = dnnlib.util.remove_stale_temp_files(os.path.dirname(os.path.abspath(self.o.resume_pkl)))
+            if stale:
+                self.log(f'Removed {len(stale)} temporary file(s) of interrupted writes: '
+                         f'{dnnlib.util.format_names(stale, limit=3)}')
         resumed = snapshot_io.restore(
             self.o.resume_pkl, modules=self.setup.modules, optional_modules=self.setup.optional_modules,
             optimizers=self.setup.optimizers, states=self._named_states(), backbone=self.backbone.name,
@@ -352,7 +358,7 @@ class _Run:
         if self.dev.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(self.dev)
         if o.rank == 0 and o.image_snapshot_ticks is not None and (done or state.cur_tick % o.image_snapshot_ticks == 0):
-            self._save_fakes(f'fakes{state.cur_nimg // 1000:06d}.png')
+            self._save_fakes(self._unique_name('fakes', '.png'))
         if o.network_snapshot_ticks is not None and (done or state.cur_tick % o.network_snapshot_ticks == 0):
             self._snapshot()
 
@@ -370,9 +376,21 @@ class _Run:
         self.tick_start_time = time.time()
         self.maintenance_time = self.tick_start_time - tick_end_time
 
+    def _unique_name(self, stem: str, ext: str) -> str:
+        """Upstream's ``<stem><kimg:06d><ext>`` (kimg rounded down); if this run already wrote that
+        name (ticks shorter than 1 kimg), ``<stem><kimg:06d>_<images:03d><ext>`` — the exact image
+        count (``_`` sorts after ``.``, so names stay in the order of the run), so that no snapshot or
+        grid ever replaces another. The same on every rank."""
+        nimg = self.state.cur_nimg
+        name = f'{stem}{nimg // 1000:06d}{ext}'
+        if name in self.written_names:
+            name = f'{stem}{nimg // 1000:06d}_{nimg % 1000:03d}{ext}'
+        self.written_names.add(name)
+        return name
+
     def _snapshot(self) -> None:
         o = self.o
-        path = os.path.join(o.run_dir, f'network-snapshot-{self.state.cur_nimg // 1000:06d}.pt')
+        path = os.path.join(o.run_dir, self._unique_name('network-snapshot-', '.pt'))
         snapshot_io.save(path, backbone=self.backbone.name, training_set_kwargs=o.training_set_kwargs,
                          modules=self.setup.modules, optimizers=self.setup.optimizers, states=self._named_states(),
                          counters=self.state, rank=o.rank, num_gpus=o.num_gpus)

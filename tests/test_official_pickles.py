@@ -306,13 +306,18 @@ def test_converter_generate_and_metrics_agree_on_pkl_and_pt(tmp_path, monkeypatc
     assert np.isfinite(values[0]) and values[0] == values[1]
 
 
-def test_resume_from_a_pickle_is_a_transfer_with_freezed(tmp_path, capsys):
+def _transfer_source(tmp_path) -> tuple[util.EasyDict, str]:
+    """Official-format networks of the tiny training configuration, and their pickle."""
     base = tiny_args(tmp_path)
     G_kwargs = {k: v for k, v in base.backbone_kwargs.G_kwargs.items() if k != 'class_name'}
     D_kwargs = {k: v for k, v in base.backbone_kwargs.D_kwargs.items() if k != 'class_name'}
     nets = make_networks(0, dict(G_kwargs, img_resolution=RES, img_channels=3),
                          dict(D_kwargs, img_resolution=RES, img_channels=3))
-    pkl = write_pickle(tmp_path / 'source.pkl', nets)
+    return nets, write_pickle(tmp_path / 'source.pkl', nets)
+
+
+def test_resume_from_a_pickle_is_a_transfer_with_freezed(tmp_path, capsys):
+    nets, pkl = _transfer_source(tmp_path)
 
     args = tiny_args(tmp_path, resume=pkl, freezed=1)
     assert args.ada_kimg == 100 and args.backbone_kwargs.ema_kwargs.ema_rampup is None, "upstream's resume"
@@ -331,12 +336,7 @@ def test_resume_from_a_pickle_is_a_transfer_with_freezed(tmp_path, capsys):
 
 def test_transfer_into_a_chain_run_keeps_chain_buffers_fresh(tmp_path, capsys):
     """An official D has no CHAIN statistics: they keep their initial values and are listed."""
-    base = tiny_args(tmp_path)
-    G_kwargs = {k: v for k, v in base.backbone_kwargs.G_kwargs.items() if k != 'class_name'}
-    D_kwargs = {k: v for k, v in base.backbone_kwargs.D_kwargs.items() if k != 'class_name'}
-    nets = make_networks(0, dict(G_kwargs, img_resolution=RES, img_channels=3),
-                         dict(D_kwargs, img_resolution=RES, img_channels=3))
-    pkl = write_pickle(tmp_path / 'source.pkl', nets)
+    nets, pkl = _transfer_source(tmp_path)
     result = run(tiny_args(tmp_path, resume=pkl, chain=True, chain_start=0, kimg=0.008), tmp_path / 'run')
     notes = [line for line in capsys.readouterr().out.splitlines() if 'keep their initial values' in line]
     assert len(notes) == 1 and '"D"' in notes[0] and 'post_conv' in notes[0] and 'more' in notes[0]

@@ -169,6 +169,17 @@ def official_tf_record(stand_in: op.TFNetworkStandIn, tmp_path) -> dict:
     return official_tf.generator_record(path, safe_pickle.load_path(path))
 
 
+def test_tf_variable_of_the_wrong_rank_is_one_line(tmp_path):
+    nets = make_networks()
+    G = op.tf_generator(nets.G)
+    variables = G.state['components']['synthesis'].state['variables']
+    G.state['components']['synthesis'].state['variables'] = [
+        (n, v.reshape(-1) if n == '8x8/Conv0_up/weight' else v) for n, v in variables]
+    path = op.write_tf_pickle(str(tmp_path / 'tf.pkl'), G, op.tf_discriminator(nets.D, 128, 16, 4), G)
+    with pytest.raises(util.UserError, match='synthesis.b8.conv0.weight is malformed'):
+        official.read_pickle(path)
+
+
 def test_tf_unknown_build_option_is_named(tmp_path):
     nets = make_networks()
     G = op.tf_generator(nets.G, extra_kwargs=dict(fancy_new_layer=True))

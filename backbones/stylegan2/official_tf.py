@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from dnnlib import util
 from dnnlib.util import UserError
 from torch_utils import persistence, safe_pickle
 
@@ -246,6 +247,9 @@ def _record(path: str, net: safe_pickle.TFNetwork, class_name: str, kwargs: dict
         except KeyError as e:
             raise UserError(f'{path}: TensorFlow network "{net.name}" has no variable for degan\'s {name} '
                             f'(looked for {e}); only StyleGAN2 config F-style networks are read') from None
+        except (IndexError, ValueError) as e:  # a variable of the wrong rank or a malformed name
+            raise UserError(f'{path}: TensorFlow network "{net.name}": the variable for degan\'s {name} is '
+                            f'malformed ({e})') from None
         if value is None:
             continue
         value = torch.from_numpy(np.array(value, dtype=np.float32, order="C"))
@@ -253,4 +257,5 @@ def _record(path: str, net: safe_pickle.TFNetwork, class_name: str, kwargs: dict
             raise UserError(f'{path}: TensorFlow network "{net.name}": {name} has shape {list(value.shape)}, '
                             f'degan\'s has {list(tensor.shape)}')
         state[name] = value
-    return dict(class_name=class_name, init_kwargs=kwargs, state_dict={k: v.clone() for k, v in state.items()})
+    return dict(class_name=class_name, init_kwargs=util.to_jsonable(kwargs),
+                state_dict={k: v.clone() for k, v in state.items()})

@@ -44,8 +44,8 @@ from dnnlib.util import UserError  # noqa: E402
 from metrics import metric_main, metric_utils  # noqa: E402
 from torch_utils import distributed  # noqa: E402
 from training import snapshot_io  # noqa: E402
-from training.dataset import (IMAGE_FILES_CLASS, IMAGE_FOLDER_CLASS, image_files_kwargs, image_folder_kwargs,  # noqa: E402
-                              reference_dataset_kwargs, require_existing_paths)
+from training.dataset import (IMAGE_FILES_CLASS, IMAGE_FOLDER_CLASS, image_files_kwargs,  # noqa: E402
+                              image_folder_kwargs, reference_dataset_kwargs, require_existing_paths)
 
 
 def pick_device(name: str, rank: int = 0) -> torch.device:
@@ -170,7 +170,8 @@ def dataset_options(network_path: Optional[str], data: Optional[str], mirror: Op
 
 
 @click.command(context_settings=dict(max_content_width=110))
-@click.option('--network', 'network_path', help='Network snapshot (.pt) or official network pickle (.pkl) to evaluate', metavar='PATH')
+@click.option('--network', 'network_path', help='Network snapshot (.pt) or official network pickle (.pkl) to evaluate',
+              metavar='PATH')
 @click.option('--gen-data', help='Folder or zip of generated images to evaluate instead of --network', metavar='PATH')
 @click.option('--metrics', help='Comma-separated list or "none"', type=dnnlib.util.CommaSeparatedList(), default='fid50k_full',
               show_default=True)

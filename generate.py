@@ -81,7 +81,8 @@ def tile(images: list[np.ndarray], columns: int) -> np.ndarray:
 
 
 @click.command()
-@click.option('--network', 'network_path', help='Network snapshot (.pt) or official network pickle (.pkl)', required=True, metavar='PATH')
+@click.option('--network', 'network_path', help='Network snapshot (.pt) or official network pickle (.pkl)',
+              required=True, metavar='PATH')
 @click.option('--seeds', help='List of random seeds, e.g. 0-7,12', required=True, metavar='LIST')
 @click.option('--trunc', 'truncation_psi', help='Truncation psi', type=float, default=1, show_default=True)
 @click.option('--class', 'class_idx', help='Class label (conditional networks)', type=int)

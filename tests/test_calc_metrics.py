@@ -3,6 +3,7 @@ record files, one-line errors and two CPU processes through torch.distributed.""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -150,14 +151,18 @@ def test_gen_data_uses_all_images_up_to_the_count(env):
     from metrics import metric_main
     result = metric_main.calc_metric('fid5k_full', **opts)
     assert result.num_gen == 9 and result.num_real == 12 and result.gen_data == gen
-    assert result.results.fid5k_full == pytest.approx(expected, rel=1e-6)
+    # 9 images are not fid5k_full: the record says so in its name and its keys.
+    assert result.metric == 'fid5k_full@9' and result.base_metric == 'fid5k_full' and result.num_gen_nominal == 5000
+    assert set(result.results) == {'fid5k_full@9'}
+    assert result.results['fid5k_full@9'] == pytest.approx(expected, rel=1e-6)
 
 
 def test_is10k_with_stub_classifier_on_gen_data(env, tmp_path):
     gen = _write_images(tmp_path / 'gen_gray', 20, 8, seed=2, gray=True)
     from metrics import metric_main
     result = metric_main.calc_metric('is10k', gen_dataset_kwargs=image_files_kwargs(gen), detector_path=env.nv)
-    assert result.num_gen == 20
+    assert result.num_gen == 20 and result.metric == 'is10k@20' and set(result.results) == {'is10k@20_mean',
+                                                                                            'is10k@20_std'}
     # By hand: softmax of the stub's bias-free logits, 10 splits of 2 images.
     module = torch.jit.load(env.nv)
     src = ImageFilesDataset(gen)
@@ -170,8 +175,8 @@ def test_is10k_with_stub_classifier_on_gen_data(env, tmp_path):
     for i in range(10):
         part = p[2 * i:2 * i + 2]
         scores.append(np.exp(np.mean(np.sum(part * (np.log(part) - np.log(part.mean(0))), axis=1))))
-    assert result.results.is10k_mean == pytest.approx(np.mean(scores), rel=1e-5)
-    assert result.results.is10k_std == pytest.approx(np.std(scores), rel=1e-4, abs=1e-7)
+    assert result.results['is10k@20_mean'] == pytest.approx(np.mean(scores), rel=1e-5)
+    assert result.results['is10k@20_std'] == pytest.approx(np.std(scores), rel=1e-4, abs=1e-7)
 
 
 @pytest.mark.parametrize('argv,match', [
@@ -241,7 +246,7 @@ def test_two_cpu_processes_match_one(env, tmp_path):
         assert proc.returncode == 0, proc.stderr
         rec = json.loads(proc.stdout.strip().splitlines()[-1])
         assert rec['num_gpus'] == gpus and rec['num_gen'] == 11 and rec['num_real'] == 12
-        values.append(rec['results']['fid5k_full'])
+        values.append(rec['results']['fid5k_full@11'])
     assert values[1] == pytest.approx(values[0], rel=1e-9)
 
 
@@ -282,3 +287,129 @@ def test_a_snapshot_cannot_choose_the_dataset_class(env, tmp_path, capsys, monke
     err = capsys.readouterr().err.strip()
     assert err.startswith('error: ') and 'training.training_loop.training_loop' in err and '--data' in err
     assert not ran and not (tmp_path / 'chosen-by-the-file').exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# --num-gen: fewer generated images, never recorded under the metric's own name (issue 18 item 9).
+
+
+def _count_generated(monkeypatch) -> list[int]:
+    """Images drawn from the generator, per call of the metrics' sampler."""
+    from metrics import metric_utils
+    drawn: list[int] = []
+    sample = metric_utils.GeneratorSampler.sample
+
+    def counting(self, batch_size, batch_gen=None):
+        images = sample(self, batch_size, batch_gen)
+        drawn.append(images.shape[0])
+        return images
+    monkeypatch.setattr(metric_utils.GeneratorSampler, 'sample', counting)
+    return drawn
+
+
+def test_num_gen_draws_fewer_images_and_records_another_name(env, capsys, monkeypatch):
+    drawn = _count_generated(monkeypatch)
+    _run(['--metrics=fid5k_full,is10k', '--num-gen=40', '--batch=8', f'--network={env.snap}', f'--detector={env.nv}',
+          '--verbose=1'])
+    assert sum(drawn) == 2 * 40  # not 5000 + 10000
+    out = capsys.readouterr().out
+    assert 'Evaluating fid5k_full, is10k' in out and '--num-gen=40 generated images per metric' in out
+
+    # Recorded under its own name and file: metric-fid5k_full.jsonl (the real fid5k_full) is untouched.
+    assert not (env.run_dir / 'metric-fid5k_full.jsonl').exists()
+    assert not (env.run_dir / 'metric-is10k.jsonl').exists()
+    [fid] = _records(env.run_dir / 'metric-fid5k_full@40.jsonl')
+    assert fid['metric'] == 'fid5k_full@40' and fid['base_metric'] == 'fid5k_full'
+    assert fid['num_gen'] == 40 and fid['num_gen_override'] == 40 and fid['num_gen_nominal'] == 5000
+    assert set(fid['results']) == {'fid5k_full@40'} and np.isfinite(fid['results']['fid5k_full@40'])
+    [inception] = _records(env.run_dir / 'metric-is10k@40.jsonl')
+    assert set(inception['results']) == {'is10k@40_mean', 'is10k@40_std'} and inception['num_gen'] == 40
+
+    # Printed: a note before each record (the record stays the last line of its metric).
+    lines = out.splitlines()
+    i = lines.index(next(line for line in lines if line.startswith('note: fid5k_full@40')))
+    assert lines[i] == ('note: fid5k_full@40 is fid5k_full computed from 40 generated images instead of 5000 '
+                        '(--num-gen=40); it is recorded as fid5k_full@40 and is not comparable with fid5k_full')
+    assert json.loads(lines[i + 1])['metric'] == 'fid5k_full@40'
+    assert any(line.startswith('note: is10k@40 is is10k computed from 40 generated images instead of 10000')
+               for line in lines)
+
+    # Whole thousands read as "k"; the value equals the full metric's first 1000 images (same seed).
+    drawn.clear()
+    _run(['--metrics=fid5k_full', '--num-gen=1000', f'--network={env.snap}', f'--detector={env.nv}', '--verbose=0'])
+    [rec] = _records(env.run_dir / 'metric-fid5k_full@1k.jsonl')
+    assert rec['metric'] == 'fid5k_full@1k' and rec['num_gen'] == 1000 and sum(drawn) == 1024  # 32 per batch
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])['results'] == rec['results']
+
+
+def test_num_gen_equal_to_the_metrics_count_is_the_metric(env, monkeypatch):
+    from metrics import metric_main
+    drawn = _count_generated(monkeypatch)
+    gen = _write_images(env.tmp / 'gen', 10, 16, seed=4)
+    spec = copy.copy(metric_main._metric_dict['fid5k_full'])
+    spec.num_gen = 10  # a folder of 10 images is the whole metric
+    monkeypatch.setitem(metric_main._metric_dict, 'fid5k_full', spec)
+    result = metric_main.calc_metric('fid5k_full', gen_dataset_kwargs=image_files_kwargs(gen),
+                                     dataset_kwargs=image_folder_kwargs(env.data), detector_path=env.nv, num_gen=10)
+    assert result.metric == 'fid5k_full' and 'base_metric' not in result and result.num_gen_override == 10
+    assert drawn == []  # from the folder, not a generator
+
+
+@pytest.mark.parametrize('flag,match', [
+    ('--num-gen=0', '--num-gen=0: the number of generated images must be at least 1'),
+    ('--num-gen=-5', '--num-gen=-5: the number of generated images must be at least 1'),
+    ('--num-gen=5001', '--num-gen=5001 is more than the 5000 generated images of fid5k_full; --num-gen can only '
+                       'lower the count'),
+    ('--num-gen=x', "'--num-gen': 'x' is not a valid integer"),
+])
+def test_num_gen_bad_values_are_one_line_errors(env, capsys, monkeypatch, flag, match):
+    drawn = _count_generated(monkeypatch)
+    with pytest.raises(SystemExit) as info:
+        _run(['--metrics=fid5k_full', flag, f'--network={env.snap}', f'--detector={env.nv}', '--verbose=0'])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == (2 if flag.endswith('x') else 1)
+    assert err.startswith('error: ') and match in err and '\n' not in err
+    assert drawn == [] and not any(n.startswith('metric-') for n in os.listdir(env.run_dir))
+
+
+def test_num_gen_below_a_metrics_minimum(env, capsys):
+    with pytest.raises(SystemExit) as info:
+        _run(['--metrics=fid5k_full,is10k', '--num-gen=5', f'--network={env.snap}', f'--detector={env.nv}'])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 1 and err == 'error: --num-gen=5: is10k needs at least 10 generated images'
+
+
+def test_unwritable_run_directory_is_a_one_line_error(env, capsys, monkeypatch):
+    """The jsonl of a run directory that cannot be written: refused before the evaluation, and a
+    failing write after it (e.g. a full disk) is one line too, with the result already printed."""
+    real_access = os.access
+    monkeypatch.setattr(os, 'access', lambda path, mode: False if str(path) == str(env.run_dir)
+                        else real_access(path, mode))
+    with pytest.raises(SystemExit) as info:
+        _run(['--metrics=fid5k_full', '--num-gen=8', f'--network={env.snap}', f'--detector={env.nv}', '--verbose=0'])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 1 and '\n' not in err
+    assert err.startswith(f'error: --network={env.snap}: its run directory {env.run_dir} is not writable')
+    monkeypatch.setattr(os, 'access', real_access)
+
+    from metrics import metric_main
+
+    def full_disk(path, line):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(metric_main, '_append_line', full_disk)
+    with pytest.raises(SystemExit) as info:
+        _run(['--metrics=fid5k_full', '--num-gen=8', f'--network={env.snap}', f'--detector={env.nv}', '--verbose=0'])
+    out, err = capsys.readouterr()
+    assert info.value.code == 1 and json.loads(out.strip().splitlines()[-1])['metric'] == 'fid5k_full@8'
+    assert err.strip() == (f'error: cannot append the result to {env.run_dir / "metric-fid5k_full@8.jsonl"} '
+                           f'(No space left on device); the result is printed above; make the run directory writable')
+
+
+def test_unwritable_statistics_cache_is_a_warning(env, capsys, tmp_path, monkeypatch):
+    blocker = tmp_path / 'not-a-folder'
+    blocker.write_text('')
+    monkeypatch.setenv('DEGAN_CACHE_DIR', str(blocker))  # its "gan-metrics" folder cannot be created
+    _run(['--metrics=fid5k_full', '--num-gen=8', f'--network={env.snap}', f'--detector={env.nv}', '--verbose=0'])
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])['metric'] == 'fid5k_full@8'
+    assert err.startswith('warning: cannot write the statistics cache ') and err.count('\n') == 1

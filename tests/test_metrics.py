@@ -11,6 +11,7 @@ import ast
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -619,3 +620,73 @@ def test_registry_names():
                 'pr50k3', 'is50k', 'is10k', 'fid10k_test'}
     assert expected <= set(metric_main.list_valid_metrics())
     assert metric_main.is_valid_metric('fid5k_full') and not metric_main.is_valid_metric('fid5k')
+
+
+def test_reduced_records_never_count_as_the_named_metric(tmp_path, capsys):
+    """A fid5k_full from 1000 images is "fid5k_full@1k": its own jsonl, its own result key, and
+    best.json (the best fid5k_full of the run) is not touched by it."""
+    run = str(tmp_path)
+    full = dict(metric='fid5k_full', results=dict(fid5k_full=30.0), num_gen=5000)
+    metric_main.update_best(run, full, os.path.join(run, 'a.pt'))
+    before = (tmp_path / 'best.json').read_text()
+    reduced = dict(metric='fid5k_full@1k', base_metric='fid5k_full', num_gen=1000, num_gen_nominal=5000,
+                   num_gen_override=1000, results={'fid5k_full@1k': 5.0})
+    assert metric_main.is_reduced(reduced) and not metric_main.is_reduced(full)
+    assert metric_main.primary_value(reduced) == ('fid5k_full@1k', 5.0, False)
+    assert metric_main.update_best(run, reduced, os.path.join(run, 'b.pt')) == json.loads(before)
+    assert (tmp_path / 'best.json').read_text() == before
+
+    metric_main.report_metric(reduced, run_dir=run, snapshot_pkl=os.path.join(run, 'b.pt'))
+    assert not (tmp_path / 'metric-fid5k_full.jsonl').exists()
+    [line] = (tmp_path / 'metric-fid5k_full@1k.jsonl').read_text().splitlines()
+    assert json.loads(line)['results'] == {'fid5k_full@1k': 5.0}
+    note, printed = capsys.readouterr().out.strip().splitlines()
+    assert note == ('note: fid5k_full@1k is fid5k_full computed from 1000 generated images instead of 5000 '
+                    '(--num-gen=1000); it is recorded as fid5k_full@1k and is not comparable with fid5k_full')
+    assert json.loads(printed)['metric'] == 'fid5k_full@1k'
+
+
+def test_num_gen_override_reaches_every_metric(monkeypatch):
+    """Every registered metric draws opts.num_gen generated images when it is set, else the count in
+    its name; precision/recall results are renamed as a whole (pr50k3_full@100_precision)."""
+    asked = {}
+
+    def fake_stats(opts, detector, **kwargs):
+        asked[opts.metric] = kwargs['max_items']
+        raise _Stop
+
+    class _Stop(Exception):
+        pass
+    monkeypatch.setattr(metric_utils, 'compute_feature_stats_for_generator', fake_stats)
+    monkeypatch.setattr(metric_utils, 'capture_all_features',
+                        lambda opts, det, max_real, num_gen: fake_stats(opts, det, max_items=num_gen))
+    monkeypatch.setattr(metric_utils, 'compute_feature_stats_for_dataset', lambda *a, **k: _Stats())
+    monkeypatch.setattr(detectors, 'resolve_detector', lambda *a, **k: None)
+    for metric in metric_main.list_valid_metrics():
+        for override in (None, 100):
+            opts = metric_utils.MetricOptions(dataset_kwargs=dict(path='x'), ref_dataset_kwargs=dict(path='y'),
+                                              num_gen=override)
+            opts.metric = metric
+            with pytest.raises(_Stop):
+                metric_main._metric_dict[metric].fn(opts)
+            assert asked[metric] == (override or metric_main.nominal_num_gen(metric)), metric
+    assert {m: metric_main.nominal_num_gen(m) for m in ('fid5k_full', 'fid10k_test', 'is10k', 'pr50k3')} == \
+        dict(fid5k_full=5000, fid10k_test=10000, is10k=10000, pr50k3=50000)
+
+
+class _Stats:
+    def get_mean_cov(self):
+        return np.zeros(2), np.eye(2)
+
+
+def test_check_num_gen_messages():
+    metric_main.check_num_gen(['fid5k_full', 'is10k'], None)
+    metric_main.check_num_gen(['fid5k_full', 'is10k'], 5000)
+    for value, message in ((0, '--num-gen=0: the number of generated images must be at least 1'),
+                           (10001, '--num-gen=10001 is more than the 5000 generated images of fid5k_full'),
+                           (1, '--num-gen=1: fid5k_full needs at least 2 generated images'),
+                           (3, '--num-gen=3: is10k needs at least 10 generated images')):
+        with pytest.raises(util.UserError, match=re.escape(message)):
+            metric_main.check_num_gen(['fid5k_full', 'is10k'], value)
+    assert metric_main.reduced_metric_name('is10k', 250) == 'is10k@250'
+    assert metric_main.reduced_metric_name('fid50k_full', 10000) == 'fid50k_full@10k'

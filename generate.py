@@ -11,20 +11,60 @@ Examples:
 
 from __future__ import annotations
 
-import math
 import os
-import sys
-from typing import Optional
 
-import click
-import numpy as np
-import PIL.Image
-import torch
+# Idle OpenMP threads sleep instead of spinning (a user's setting wins); must precede torch.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-from backbones.base import GeneratorFn
-from dnnlib import util
-from dnnlib.util import UserError
-from training import snapshot_io
+import math  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import click  # noqa: E402
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+import torch  # noqa: E402
+
+from backbones.base import GeneratorFn  # noqa: E402
+from dnnlib import util  # noqa: E402
+from dnnlib.util import UserError  # noqa: E402
+from training import snapshot_io  # noqa: E402
+
+
+#: numpy's ``RandomState`` seeds: 0 … 2**32 − 1 (upstream draws z = RandomState(seed).randn).
+MAX_SEED = 2 ** 32 - 1
+#: At most this many seeds per call (each image is held in memory until all are written).
+MAX_SEEDS = 1_000_000
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: ``'0-7,12'`` → [0, …, 7, 12]; every seed within numpy's 0 … 2**32 − 1.
+
+    A number outside that range (``-1``, ``4294967296``) is a one-line UserError naming --seeds
+    and the range; the range is checked before a span such as ``0-99999999999`` is expanded."""
+    spans = []
+    for part in text.split(','):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r'(-?\d+)(?:\s*-\s*(-?\d+))?', part)
+        if not m:
+            raise UserError(f'--seeds: cannot parse "{part}" as a seed or a range like 0-7 '
+                            f'(seeds are integers from 0 to {MAX_SEED})')
+        lo = int(m.group(1))
+        hi = lo if m.group(2) is None else int(m.group(2))
+        for value in (lo, hi):
+            if not 0 <= value <= MAX_SEED:
+                raise UserError(f'--seeds: {value} is not a valid seed; seeds must be between 0 and {MAX_SEED} '
+                                f'(2**32-1, numpy\'s seed range)')
+        if hi < lo:
+            raise UserError(f'--seeds: bad range "{part}": the end is smaller than the start')
+        spans.append((lo, hi))
+    count = sum(hi - lo + 1 for lo, hi in spans)
+    if count > MAX_SEEDS:
+        raise UserError(f'--seeds={text} names {count} seeds; at most {MAX_SEEDS} at a time (one image each)')
+    return [seed for lo, hi in spans for seed in range(lo, hi + 1)]
 
 
 def pick_device(name: str) -> torch.device:
@@ -97,7 +137,7 @@ def main(network_path: str, seeds: str, truncation_psi: float, class_idx: Option
     """Generate images using a pretrained degan network or an official StyleGAN2(-ADA) pickle."""
     from torch_utils.ops import _impl
     _impl.set_default_impl(ops)
-    seed_list = util.parse_int_list(seeds)
+    seed_list = parse_seeds(seeds)
     if not seed_list:
         raise UserError('--seeds is empty')
     dev = pick_device(device)

@@ -72,7 +72,15 @@ def test_conditional_network_needs_class(tmp_path, capsys):
 
 @pytest.mark.parametrize('args, message', [
     (['--network', 'missing.pt', '--seeds', '0'], 'not found'),
-    (['--seeds', 'x-y'], 'cannot parse'),
+    (['--seeds', 'x-y'], '--seeds: cannot parse "x-y"'),
+    # numpy's seeds are 0 … 2**32-1; these were a ValueError traceback from RandomState.
+    (['--seeds=-1'], "error: --seeds: -1 is not a valid seed; seeds must be between 0 and 4294967295 (2**32-1, "
+                     "numpy's seed range)"),
+    (['--seeds', '-1'], '--seeds: -1 is not a valid seed'),
+    (['--seeds=4294967296'], '--seeds: 4294967296 is not a valid seed; seeds must be between 0 and 4294967295'),
+    (['--seeds=0-2,4294967290-4294967296'], '--seeds: 4294967296 is not a valid seed'),
+    (['--seeds=3-1'], '--seeds: bad range "3-1"'),
+    (['--seeds=0-4294967295'], '--seeds=0-4294967295 names 4294967296 seeds; at most 1000000'),
 ])
 def test_bad_input_one_line(tmp_path, capsys, args, message):
     write_snapshot(tmp_path / 'snap.pt')
@@ -82,3 +90,11 @@ def test_bad_input_one_line(tmp_path, capsys, args, message):
     assert info.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_largest_seed(tmp_path):
+    G = write_snapshot(tmp_path / 'snap.pt')
+    util.run_cli(generate.main, ['--network', str(tmp_path / 'snap.pt'), '--seeds=4294967295,0',
+                                 '--outdir', str(tmp_path / 'out')])
+    img = np.asarray(PIL.Image.open(tmp_path / 'out' / 'seed4294967295.png'))
+    assert np.array_equal(img, expected_image(G, 2 ** 32 - 1))

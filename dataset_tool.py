@@ -15,7 +15,8 @@ Examples:
   python dataset_tool.py --source=cifar-10-python.tar.gz --dest=~/datasets/cifar10-test.zip --cifar-split=test
 
 Sources: a folder (searched recursively) or a zip of images (PNG, JPEG, WebP, … — files
-with other extensions are ignored; a dataset.json next to the images supplies labels),
+with other extensions are ignored; a dataset.json next to the images supplies labels: class
+indices 0-99999 or lists of numbers, checked before anything is written),
 cifar-10-python.tar.gz, or builtin / builtin:RES. Output (--dest): a .zip
 (uncompressed) or a folder that must be absent or empty, holding NNNNN/imgNNNNNNNN.png
 and dataset.json. Output is written to a temporary name and renamed at the end, so an
@@ -34,12 +35,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import io
+import lzma
 import os
 import pickle
 import re
 import sys
 import tarfile
 import zipfile
+import zlib
 from typing import Any, Callable, Optional
 
 import click
@@ -78,9 +81,9 @@ class _FileSource:
         self.num_unlabeled = 0
         if labels is not None:
             self.labels = [labels.get(n) for n in self.names]
-            present = [v for v in self.labels if v is not None]
-            if present:
-                labels_to_array(present, f'{path}/dataset.json')  # validate early
+            present = [(n, v) for n, v in zip(self.names, self.labels) if v is not None]
+            if present:  # validate early: class range, one kind of label, finite numbers (names the file)
+                labels_to_array([v for _, v in present], f'{path}/dataset.json', [n for n, _ in present])
             self.num_unlabeled = len(self.names) - len(present)
 
     def __len__(self) -> int:
@@ -174,12 +177,39 @@ def _cifar_batch_names(names: list[str], split: str) -> list[str]:
     return [found[k] for k in sorted(found)]
 
 
+#: What reading a damaged compressed tarball raises: gzip/bz2/xz end-of-stream (EOFError — which
+#: click would take for an aborted prompt: exit 130 and a blank line), bad data (zlib.error,
+#: lzma.LZMAError, OSError such as gzip.BadGzipFile), broken tar headers (tarfile.TarError).
+_DAMAGED_ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (EOFError, zlib.error, lzma.LZMAError, tarfile.TarError,
+                                                             OSError)
+
+
+def _damaged_archive(path: str, e: BaseException) -> UserError:
+    if isinstance(e, OSError) and e.errno is not None:  # the system's error (permissions, I/O), not the data's
+        return UserError(f'--source {path}: cannot read it ({e.strerror or e})')
+    why = str(e) or type(e).__name__
+    return UserError(f'--source {path} is truncated or corrupt ({why}); download cifar-10-python.tar.gz again '
+                     f'(an interrupted download leaves such a file)')
+
+
+def _is_tarfile(path: str) -> bool:
+    """``tarfile.is_tarfile``, except that a damaged compressed tarball is a UserError, not an EOFError."""
+    try:
+        return tarfile.is_tarfile(path)
+    except _DAMAGED_ARCHIVE_ERRORS as e:
+        raise _damaged_archive(path, e) from None
+
+
 def _read_cifar_batch(tar: tarfile.TarFile, member: str, where: str) -> tuple[np.ndarray, list[int]]:
     f = tar.extractfile(member)
     if f is None:
         raise UserError(f'{where}: {member} is not a regular file')
     try:
-        batch = _RestrictedUnpickler(io.BytesIO(f.read()), encoding='bytes').load()
+        data = f.read()
+    except _DAMAGED_ARCHIVE_ERRORS as e:
+        raise _damaged_archive(where, e) from None
+    try:
+        batch = _RestrictedUnpickler(io.BytesIO(data), encoding='bytes').load()
     except Exception as e:
         raise UserError(f'{where}: cannot read {member} as a CIFAR-10 batch ({e}); '
                         f'use the original cifar-10-python.tar.gz') from None
@@ -198,10 +228,14 @@ def _open_cifar(path: str, split: str, max_images: Optional[int]) -> _ArraySourc
     """Read ``cifar-10-batches-py/data_batch_1..5`` (train) or ``test_batch`` (test) from the tarball."""
     try:
         tar = tarfile.open(path)
-    except (tarfile.TarError, OSError) as e:
-        raise UserError(f'cannot open tarball {path}: {e}') from None
+    except _DAMAGED_ARCHIVE_ERRORS as e:
+        raise _damaged_archive(path, e) from None
     with tar:
-        members = _cifar_batch_names([m.name for m in tar.getmembers() if m.isfile()], split)
+        try:
+            names = [m.name for m in tar.getmembers() if m.isfile()]  # reads the whole archive
+        except _DAMAGED_ARCHIVE_ERRORS as e:
+            raise _damaged_archive(path, e) from None
+        members = _cifar_batch_names(names, split)
         if not members:
             wanted = 'test_batch' if split == 'test' else 'data_batch_1..5'
             raise UserError(f'{path} is not a CIFAR-10 python tarball (no {wanted} inside); '
@@ -230,7 +264,7 @@ def open_source(source: str, max_images: Optional[int] = None, cifar_split: str 
         raise UserError(f'--source {source} does not exist')
     if os.path.isdir(source) or zipfile.is_zipfile(source):
         return _FileSource(source, max_images)
-    if tarfile.is_tarfile(source):
+    if _is_tarfile(source):
         return _open_cifar(source, cifar_split, max_images)
     raise UserError(f'--source {source} is not a folder, a zip, a CIFAR-10 python tarball or "builtin"')
 
@@ -335,6 +369,26 @@ def _note(text: str) -> None:
     print(f'note: {text}', file=sys.stderr)
 
 
+def check_dest_location(dest: str) -> None:
+    """One-line UserError when ``--dest`` cannot be created, before any source is read: the
+    nearest existing ancestor is not a folder (a path under a file), or is not writable."""
+    parent = os.path.dirname(os.path.abspath(dest))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f'--dest {dest}: {parent} is a file, not a folder; choose another path')
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f'--dest {dest}: cannot write into {parent} (permission denied); choose a folder you can '
+                        f'write to')
+
+
+def _os_reason(e: OSError) -> str:
+    """``strerror: file`` of an OSError (or its text)."""
+    if e.strerror and e.filename:
+        return f'{e.strerror}: {e.filename}'
+    return e.strerror or str(e)
+
+
 def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, resize_filter: str = 'lanczos',
                     transform: Optional[str] = None, resolution: Optional[Size] = None, cifar_split: str = 'train',
                     progress: bool = True) -> dict:
@@ -346,6 +400,7 @@ def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, re
     if os.path.lexists(dest) and not (os.path.isdir(dest) and not dest.lower().endswith('.zip')
                                       and not os.listdir(dest)):
         raise UserError(f'--dest {dest} already exists and is not empty; remove it or choose another path')
+    check_dest_location(dest)
     src = open_source(source, max_images, cifar_split)
     try:
         if len(src) == 0:
@@ -354,7 +409,11 @@ def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, re
         headers = _scan(src, progress)
         out_w, out_h = plan_output_size(headers, src.describe, transform, resolution)
         channels = 1 if all(hd.grayscale for hd in headers) else 3
-        counts = _write_all(src, dest, channels, transform, resolution, _FILTERS[resize_filter], progress)
+        try:
+            counts = _write_all(src, dest, channels, transform, resolution, _FILTERS[resize_filter], progress)
+        except OSError as e:  # reading the source raises UserErrors; this is the writing (nothing is left behind)
+            raise UserError(f'--dest {dest}: cannot write the dataset ({_os_reason(e)}); choose a writable location '
+                            f'with enough free space') from None
     finally:
         src.close()
     _print_notes(counts, src, channels, transform, resolution, headers)

@@ -320,6 +320,79 @@ def test_bad_labels(tmp_path):
     assert not ImageFolderDataset(str(tmp_path / 'd'), use_labels=True).has_labels
 
 
+def _write_labels(folder, pairs):
+    with open(os.path.join(folder, 'dataset.json'), 'w') as f:
+        f.write(json.dumps({'labels': pairs}))  # allow_nan: NaN / Infinity as Python writes them
+
+
+@pytest.mark.parametrize('bad, message', [
+    # A class index of 10**9 once made train.py --cond=1 allocate a 10**9-row label embedding.
+    (10 ** 9, 'the label of b/img001.png is class 1000000000, but class labels must be below 100000 '
+              '(at most 100000 classes; one embedding row each); renumber the classes 0, 1, 2, …'),
+    (1e9, 'the label of b/img001.png is class 1000000000, but class labels must be below 100000'),
+    (100000, 'the label of b/img001.png is class 100000, but class labels must be below 100000'),
+    (10 ** 400, 'the label of b/img001.png is class 1000000000000000000000000000000000000..., but class labels must '
+                'be below 100000'),  # beyond float range: no OverflowError traceback
+    (-1, 'class labels must be ≥ 0 (found -1, the label of b/img001.png)'),
+    (float('inf'), 'the label of b/img001.png is Infinity; labels must be finite numbers'),
+    (float('nan'), 'the label of b/img001.png is NaN; labels must be finite numbers'),
+    ([0.5, 1], 'the label of b/img001.png is a list but the label of a/img000.png is a number; all labels must '
+               'be integer classes or all lists of numbers of one length'),
+    ('cat', 'the label of b/img001.png is "cat"; every label must be an integer class or a list of numbers'),
+    (True, 'the label of b/img001.png is true; every label must be an integer class'),
+])
+@pytest.mark.parametrize('container', ['folder', 'zip'])
+def test_bad_labels_name_dataset_json_and_the_file(tmp_path, bad, message, container):
+    _, names, _ = _make_folder(tmp_path / 'd', n=3)
+    labels = {'a/img000.png': 0, 'a/img002.png': 2, 'b/img001.png': bad}
+    _write_labels(tmp_path / 'd', [[n, labels[n]] for n in names])
+    path = tmp_path / 'd'
+    if container == 'zip':
+        path = tmp_path / 'd.zip'
+        with zipfile.ZipFile(path, 'w') as z:
+            for name in names + ['dataset.json']:
+                z.write(tmp_path / 'd' / name, name)
+    where = f'{path}/dataset.json'
+    with pytest.raises(UserError) as info:
+        ImageFolderDataset(str(path), use_labels=True).label_shape
+    assert str(info.value).startswith(f'{where}: {message}') and '\n' not in str(info.value)
+
+
+def test_label_limits_and_duplicates(tmp_path):
+    _, names, _ = _make_folder(tmp_path / 'd', n=3)
+    # The largest class index allowed, and vectors: accepted (one-hot of 100000 is 400 kB a label).
+    _write_labels(tmp_path / 'd', [[n, v] for n, v in zip(names, [0, 99999, 3])])
+    ds = ImageFolderDataset(str(tmp_path / 'd'), use_labels=True)
+    assert ds.label_shape == [100000] and ds.get_label(1)[99999] == 1
+    _write_labels(tmp_path / 'd', [[n, [0.5, -1e3]] for n in names])
+    assert ImageFolderDataset(str(tmp_path / 'd'), use_labels=True).label_shape == [2]
+    _write_labels(tmp_path / 'd', [[n, [0.0, float('nan')]] for n in names])
+    with pytest.raises(UserError, match=r'the label of a/img000\.png is \[0\.0, NaN\]; labels must be finite'):
+        ImageFolderDataset(str(tmp_path / 'd'), use_labels=True).label_shape
+    # A file listed twice is ambiguous (which label?).
+    _write_labels(tmp_path / 'd', [[n, 0] for n in names] + [[names[1], 1]])
+    with pytest.raises(UserError, match=f'dataset.json lists {names[1]} twice; give every file one label'):
+        ImageFolderDataset(str(tmp_path / 'd'), use_labels=True).label_shape
+    # Without use_labels the labels are not read (as upstream).
+    assert not ImageFolderDataset(str(tmp_path / 'd')).has_labels
+
+
+def test_writer_refuses_labels_training_would_refuse(tmp_path):
+    with pytest.raises(UserError, match=r'out\.zip/dataset\.json: the label of 00000/img00000001\.png is class '
+                                        r'1000000000'):
+        with DatasetWriter(str(tmp_path / 'out.zip')) as w:
+            w.add_image(np.zeros([4, 4, 3], np.uint8), label=0)
+            w.add_image(np.zeros([4, 4, 3], np.uint8), label=10 ** 9)
+    assert os.listdir(tmp_path) == []
+
+
+def test_writer_in_an_unwritable_place_leaves_nothing(tmp_path):
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(OSError):
+        DatasetWriter(str(tmp_path / 'file' / 'sub' / 'out.zip'))
+    assert os.listdir(tmp_path) == ['file']
+
+
 def test_writer_is_atomic(tmp_path):
     dest = tmp_path / 'new' / 'sub' / 'out.zip'
     with pytest.raises(RuntimeError):

@@ -369,3 +369,139 @@ def test_script_exit_code_and_stderr(tmp_path):
     assert proc.returncode == 1
     assert 'broken.png' in error_line(proc.stderr)
     assert not (tmp_path / 'o.zip').exists() and leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 18 item 6: unwritable --dest, absurd labels, a truncated CIFAR download.
+
+def test_dest_under_a_file(tmp_path, capsys):
+    (tmp_path / 'afile').write_text('mine')
+    for dest in (tmp_path / 'afile' / 'o.zip', tmp_path / 'afile' / 'sub' / 'out'):
+        code, _, err = run_tool(capsys, '--source', 'builtin:16', '--max-images', 2, '--dest', dest)
+        assert code == 1
+        assert error_line(err) == f'error: --dest {dest}: {tmp_path / "afile"} is a file, not a folder; choose ' \
+                                  f'another path'
+    assert os.listdir(tmp_path) == ['afile'] and (tmp_path / 'afile').read_text() == 'mine'
+
+
+def test_dest_in_a_read_only_folder(tmp_path, capsys, monkeypatch):
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    real_access = os.access
+    # As root chmod does not stop writes, so the permission check is simulated; below, a real one.
+    monkeypatch.setattr(os, 'access', lambda p, mode: False if str(p) == str(ro) else real_access(p, mode))
+    for dest in (ro / 'o.zip', ro / 'new' / 'deeper' / 'out'):
+        code, _, err = run_tool(capsys, '--source', 'builtin:16', '--max-images', 2, '--dest', dest)
+        assert code == 1
+        assert error_line(err) == f'error: --dest {dest}: cannot write into {ro} (permission denied); choose a ' \
+                                  f'folder you can write to'
+    assert os.listdir(ro) == []
+
+
+@pytest.mark.skipif(not hasattr(os, 'geteuid') or os.geteuid() == 0, reason='root may write into read-only folders')
+def test_dest_in_a_really_read_only_folder(tmp_path, capsys):
+    ro = tmp_path / 'ro'
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        code, _, err = run_tool(capsys, '--source', 'builtin:16', '--max-images', 2, '--dest', ro / 'o.zip')
+        assert code == 1 and 'permission denied' in error_line(err)
+    finally:
+        ro.chmod(0o755)
+
+
+def test_write_failure_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from training import image_files
+    write = image_files.DatasetWriter._write
+
+    def full_disk(self, name, data):
+        if name.endswith('img00000001.png'):
+            raise OSError(28, 'No space left on device', name)
+        write(self, name, data)
+    monkeypatch.setattr(image_files.DatasetWriter, '_write', full_disk)
+    for dest in (tmp_path / 'o.zip', tmp_path / 'out'):
+        code, _, err = run_tool(capsys, '--source', 'builtin:16', '--max-images', 3, '--dest', dest)
+        assert code == 1
+        assert error_line(err) == (f'error: --dest {dest}: cannot write the dataset (No space left on device: '
+                                   f'00000/img00000001.png); choose a writable location with enough free space')
+        assert not dest.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize('bad, needle', [
+    (10 ** 9, 'the label of b.png is class 1000000000, but class labels must be below 100000 (at most 100000 '
+              'classes; one embedding row each); renumber the classes 0, 1, 2, …'),
+    (-3, 'class labels must be ≥ 0 (found -3, the label of b.png)'),
+    ([1, 2], 'the label of b.png is a list but the label of a.png is a number; all labels must be integer classes '
+             'or all lists of numbers of one length'),
+    (float('inf'), 'the label of b.png is Infinity; labels must be finite numbers'),
+])
+def test_absurd_labels_are_refused_before_writing(tmp_path, capsys, bad, needle):
+    for i, name in enumerate(('a.png', 'b.png', 'c.png')):
+        save(str(tmp_path / 's' / name), random_images(1, 8, 8, seed=i)[0])
+    (tmp_path / 's' / 'dataset.json').write_text(json.dumps({'labels': [['a.png', 0], ['b.png', bad], ['c.png', 1]]}))
+    code, _, err = run_tool(capsys, '--source', tmp_path / 's', '--dest', tmp_path / 'o.zip')
+    assert code == 1 and error_line(err) == f'error: {tmp_path / "s"}/dataset.json: {needle}'
+    assert not (tmp_path / 'o.zip').exists() and leftovers(tmp_path) == []
+
+
+def _truncated_cifar(tmp_path, fraction=0.5, compressed=True):
+    full = tmp_path / 'full.tar.gz'
+    _make_cifar(full)
+    data = full.read_bytes()
+    if not compressed:
+        import gzip
+        data = gzip.decompress(data)
+    path = tmp_path / ('cifar-10-python.tar.gz' if compressed else 'cifar-10-python.tar')
+    path.write_bytes(data[:int(len(data) * fraction)])
+    return path
+
+
+@pytest.mark.parametrize('fraction', [0.5, 0.9, 0.002])
+def test_truncated_cifar_download(tmp_path, capsys, fraction):
+    path = _truncated_cifar(tmp_path, fraction)
+    code, out, err = run_tool(capsys, '--source', path, '--dest', tmp_path / 'o.zip')
+    assert code == 1, (code, err)
+    assert err.strip() == (f'error: --source {path} is truncated or corrupt (Compressed file ended before the '
+                           f'end-of-stream marker was reached); download cifar-10-python.tar.gz again (an '
+                           f'interrupted download leaves such a file)')
+    assert not (tmp_path / 'o.zip').exists() and leftovers(tmp_path) == []
+
+
+def test_truncated_uncompressed_tar(tmp_path, capsys):
+    path = _truncated_cifar(tmp_path, compressed=False)
+    code, _, err = run_tool(capsys, '--source', path, '--dest', tmp_path / 'o.zip')
+    assert code == 1 and error_line(err).startswith(f'error: --source {path} is truncated or corrupt (')
+
+
+def test_truncated_cifar_script_exit_code(tmp_path):
+    """The real script: exit 1 and the error line (it was exit 130 and a blank line)."""
+    path = _truncated_cifar(tmp_path)
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'dataset_tool.py'), '--source', str(path),
+                           '--dest', str(tmp_path / 'o.zip')], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith(f'error: --source {path} is truncated or corrupt')
+    assert proc.stderr.count('\n') == 1
+
+
+def test_run_cli_eof_error_is_not_ctrl_c(capsys):
+    """Why the truncated download exited 130: click turns an EOFError escaping a command into the
+    Abort of an interrupted prompt, which run_cli took for Ctrl-C. Now any such EOFError is exit 1
+    with an error line; Ctrl-C stays 130."""
+    import click
+
+    @click.command()
+    @click.option('--what', default='eof')
+    def command(what):
+        if what == 'eof':
+            raise EOFError('Compressed file ended before the end-of-stream marker was reached')
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as info:
+        util.run_cli(command, [])
+    err = capsys.readouterr().err
+    assert info.value.code == 1
+    assert [line for line in err.splitlines() if line] == [
+        'error: unexpected end of a file (Compressed file ended before the end-of-stream marker was reached): it is '
+        'truncated or corrupt; replace it (e.g. download or copy it again)']
+    with pytest.raises(SystemExit) as info:
+        util.run_cli(command, ['--what=ctrl-c'])
+    assert info.value.code == 130 and 'error' not in capsys.readouterr().err

@@ -301,7 +301,7 @@ class ImageFolderDataset(Dataset):
         if missing:
             raise UserError(f'{where} has no label for {missing[0]} ({len(missing)} images lack one); '
                             f'add labels for every image or set "labels" to null')
-        return labels_to_array([labels[f] for f in self._image_fnames], where)
+        return labels_to_array([labels[f] for f in self._image_fnames], where, self._image_fnames)
 
 
 class ImageFilesDataset(torch.utils.data.Dataset):

@@ -156,7 +156,13 @@ class ImageSource:
         if not isinstance(labels, list) or not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
                                                   for p in labels):
             raise UserError(f'{where}: "labels" must be null or a list of [file name, label] pairs')
-        return {fname.replace('\\', '/'): label for fname, label in labels}
+        out: dict[str, Any] = {}
+        for fname, label in labels:
+            name = fname.replace('\\', '/')
+            if name in out:
+                raise UserError(f'{where} lists {name} twice; give every file one label')
+            out[name] = label
+        return out
 
     def content_digest(self) -> str:
         """``'zip-<sha1>'`` / ``'dir-<sha1>'`` naming the *content* of the folder or zip.
@@ -262,28 +268,90 @@ def image_to_array(img: PIL.Image.Image, name: str = 'image') -> tuple[np.ndarra
 # ---------------------------------------------------------------------------------------------
 # Labels.
 
-def labels_to_array(labels: Sequence[Any], where: str) -> np.ndarray:
+#: The most classes a dataset may have: class labels are 0 … MAX_CLASSES − 1, and label vectors
+#: have at most MAX_CLASSES numbers. A conditional network's label embedding has one row per class
+#: (c_dim × w_dim weights), so a stray label of 10**9 would ask for terabytes; 100,000 classes
+#: (ImageNet-21k has ~21,800) cost 200 MB at w_dim = 512.
+MAX_CLASSES = 100_000
+
+
+def labels_to_array(labels: Sequence[Any], where: str, names: Optional[Sequence[str]] = None) -> np.ndarray:
     """Turn a list of labels into int64 [N] (class indices) or float32 [N, D] (vectors).
 
-    Integers (or integral floats) → class indices ≥ 0; non-integral numbers → [N, 1] vectors;
-    lists of numbers → [N, D] vectors of one common length D.
+    Integers (or integral floats) → class indices 0 … :data:`MAX_CLASSES` − 1; non-integral
+    numbers → [N, 1] vectors; lists of numbers → [N, D] vectors of one common length D ≤
+    :data:`MAX_CLASSES`. Every value must be finite. ``names`` (the image file of each label)
+    lets the one-line UserError name the offending file; ``where`` names ``dataset.json``.
     """
     def number(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    if all(number(v) for v in labels):
-        arr = np.array(labels, dtype=np.float64)
+    def whose(i: int) -> str:
+        return f'the label of {names[i]}' if names is not None else f'label #{i}'
+
+    def shown(v: Any) -> str:
+        if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+            v = int(v)
+        text = json.dumps(v)
+        return text if len(text) <= 40 else text[:37] + '...'
+
+    def kind(v: Any) -> str:
+        if number(v):
+            return 'number'
+        if isinstance(v, list) and all(number(x) for x in v):
+            return 'list'
+        return 'bad'
+
+    kinds = [kind(v) for v in labels]
+    for i, k in enumerate(kinds):
+        if k == 'bad':
+            raise UserError(f'{where}: {whose(i)} is {shown(labels[i])}; every label must be an integer '
+                            f'class or a list of numbers')
+        if k != kinds[0]:
+            raise UserError(f'{where}: {whose(i)} is {"a list" if k == "list" else "a number"} but '
+                            f'{whose(0)} is {"a list" if kinds[0] == "list" else "a number"}; all labels must be '
+                            f'integer classes or all lists of numbers of one length')
+
+    def class_range_error(i: int, value: float) -> UserError:
+        if value < 0:
+            return UserError(f'{where}: class labels must be ≥ 0 (found {shown(labels[i])}, {whose(i)})')
+        return UserError(f'{where}: {whose(i)} is class {shown(labels[i])}, but class labels must be below '
+                         f'{MAX_CLASSES} (at most {MAX_CLASSES} classes; one embedding row each); '
+                         f'renumber the classes 0, 1, 2, …')
+
+    def to_float64(values: Sequence[Any]) -> np.ndarray:
+        try:
+            return np.array(values, dtype=np.float64)
+        except OverflowError:  # an integer beyond float range, e.g. 10**400
+            i = next(i for i, v in enumerate(labels) if any(isinstance(x, int) and abs(x) > 2 ** 1000
+                                                             for x in (v if isinstance(v, list) else [v])))
+            raise (class_range_error(i, labels[i]) if not isinstance(labels[i], list) else
+                   UserError(f'{where}: {whose(i)} holds a number too large for a float')) from None
+
+    def check_finite(arr: np.ndarray) -> None:
+        bad = ~np.isfinite(arr).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise UserError(f'{where}: {whose(i)} is {shown(labels[i])}; labels must be finite numbers')
+
+    if not kinds or kinds[0] == 'number':
+        arr = to_float64(labels)
+        check_finite(arr[:, None])
         if np.all(arr == np.round(arr)):
-            if arr.min(initial=0) < 0:
-                raise UserError(f'{where}: class labels must be ≥ 0 (found {int(arr.min())})')
+            out_of_range = (arr < 0) | (arr >= MAX_CLASSES)
+            if out_of_range.any():
+                i = int(np.argmax(out_of_range))
+                raise class_range_error(i, float(arr[i]))
             return arr.astype(np.int64)
         return arr.astype(np.float32)[:, None]
-    if all(isinstance(v, list) and all(number(x) for x in v) for v in labels):
-        lengths = sorted(set(len(v) for v in labels))
-        if len(lengths) != 1:
-            raise UserError(f'{where}: label vectors have different lengths {lengths}; all must have the same length')
-        return np.array(labels, dtype=np.float32).reshape(len(labels), lengths[0])
-    raise UserError(f'{where}: every label must be an integer class or a list of numbers')
+    lengths = sorted(set(len(v) for v in labels))
+    if len(lengths) > 1:
+        raise UserError(f'{where}: label vectors have different lengths {lengths}; all must have the same length')
+    if lengths[0] > MAX_CLASSES:
+        raise UserError(f'{where}: label vectors have {lengths[0]} numbers; at most {MAX_CLASSES} are supported')
+    arr = to_float64(labels).reshape(len(labels), lengths[0])
+    check_finite(arr)
+    return arr.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,19 +386,24 @@ class DatasetWriter:
         self.is_zip = self.dest.lower().endswith('.zip')
         self._check_dest(exist_ok)
         self._created_dirs: list[str] = []
-        parent = os.path.dirname(os.path.abspath(self.dest))
-        self._make_parents(parent)
-        base = '.' + os.path.basename(self.dest) + '.'
-        if self.is_zip:
-            fd, self._tmp = tempfile.mkstemp(prefix=base, suffix='.tmp', dir=parent)
-            os.close(fd)
-            self._zip: Optional[zipfile.ZipFile] = zipfile.ZipFile(self._tmp, 'w', compression=zipfile.ZIP_STORED)
-        else:
-            self._tmp = tempfile.mkdtemp(prefix=base, suffix='.tmp', dir=parent)
-            self._zip = None
-        os.chmod(self._tmp, (0o777 if not self.is_zip else 0o666) & ~current_umask())
+        self._tmp = ''
+        self._zip: Optional[zipfile.ZipFile] = None
         self._labels: list[tuple[str, LabelValue]] = []
         self._done = False
+        parent = os.path.dirname(os.path.abspath(self.dest))
+        try:  # an unwritable place (OSError) leaves nothing behind, not even the parents made here
+            self._make_parents(parent)
+            base = '.' + os.path.basename(self.dest) + '.'
+            if self.is_zip:
+                fd, self._tmp = tempfile.mkstemp(prefix=base, suffix='.tmp', dir=parent)
+                os.close(fd)
+                self._zip = zipfile.ZipFile(self._tmp, 'w', compression=zipfile.ZIP_STORED)
+            else:
+                self._tmp = tempfile.mkdtemp(prefix=base, suffix='.tmp', dir=parent)
+            os.chmod(self._tmp, (0o777 if not self.is_zip else 0o666) & ~current_umask())
+        except BaseException:
+            self.abort()
+            raise
 
     def _check_dest(self, exist_ok: bool) -> None:
         if exist_ok or not os.path.lexists(self.dest):
@@ -375,6 +448,8 @@ class DatasetWriter:
         if any(label is None for _, label in self._labels) or not self._labels:
             labels: Optional[list] = None
         else:
+            labels_to_array([label for _, label in self._labels], f'{self.dest}/dataset.json',
+                            [name for name, _ in self._labels])  # never write labels that training refuses
             labels = [[name, label] for name, label in self._labels]
         self._write('dataset.json', json.dumps({'labels': labels}).encode('utf-8'))
         if self._zip is not None:
@@ -396,10 +471,13 @@ class DatasetWriter:
         if self._zip is not None:
             self._zip.close()
             self._zip = None
-        if os.path.isdir(self._tmp):
+        if self._tmp and os.path.isdir(self._tmp):
             shutil.rmtree(self._tmp, ignore_errors=True)
-        elif os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        elif self._tmp and os.path.exists(self._tmp):
+            try:
+                os.remove(self._tmp)
+            except OSError:
+                pass
         for d in reversed(self._created_dirs):
             try:
                 os.rmdir(d)

@@ -301,11 +301,17 @@ def run_cli(command: Any, argv: Optional[list[str]] = None) -> None:
     """Run a click command so that user errors and bad flags print one line, not a traceback.
 
     ``UserError`` → ``error: <message>`` and exit code 1; a click usage error → exit code 2;
-    Ctrl-C → exit code 130.
+    Ctrl-C → exit code 130. An ``EOFError`` escaping the command (a truncated gzip file) is an
+    error, exit code 1: click turns it into the ``Abort`` of an interrupted prompt (degan has no
+    prompts), which once made it exit 130 with only a blank line.
     """
     try:
         command.main(args=argv, standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:
+        if isinstance(e.__cause__, EOFError):
+            print(f'error: unexpected end of a file ({e.__cause__ or "EOFError"}): it is truncated or corrupt; '
+                  f'replace it (e.g. download or copy it again)', file=sys.stderr)
+            raise SystemExit(1) from None
         raise SystemExit(130) from None
     except click.exceptions.Exit as e:
         raise SystemExit(e.exit_code) from None

@@ -165,7 +165,7 @@ def test_xflip_exact():
 
 @pytest.mark.parametrize('q, k', [(0.1, 0), (0.3, 1), (0.6, 2), (0.9, 3)])
 def test_rotate90_exact(q, k):
-    """k quarter turns, each mapping pixel (r, c) to (c, W−1−r) (x right, y down: right → down)."""
+    """k quarter turns, each mapping pixel (r, c) to (W−1−c, r) (upstream's direction: right → up)."""
     torch.manual_seed(5)
     x = torch.rand(2, 3, 6, 6)
     expected = x.numpy().copy()
@@ -174,7 +174,7 @@ def test_rotate90_exact(q, k):
         size = expected.shape[-1]
         for r in range(size):
             for c in range(size):
-                turned[..., c, size - 1 - r] = expected[..., r, c]
+                turned[..., size - 1 - c, r] = expected[..., r, c]
         expected = turned
     out = make_pipe(1, rotate90=1)(x, debug_percentile=q)
     assert np.array_equal(out.numpy(), expected)
@@ -220,8 +220,8 @@ def test_scale_geometry():
 
 def test_rotate_geometry():
     q = 0.6
-    theta = (2 * q - 1) * math.pi  # content at r moves to R(θ)·r (y down)
-    R = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    theta = (2 * q - 1) * math.pi  # content at r moves to R(−θ)·r (y down; upstream's direction)
+    R = np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]])
     out = make_pipe(1, rotate=1)(blob(), debug_percentile=q)
     _check_affine(out, R, np.zeros(2))
 
@@ -248,7 +248,7 @@ def test_bg_composition_order():
     shift = round((2 * q - 1) * 0.125 * 48)  # round(1.2) = 1
     s = 2 ** normal_quantile(q, 0.2)
     theta = (2 * q - 1) * math.pi
-    R = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    R = np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]])  # R(−θ)
     a = 2 ** normal_quantile(q, 0.2)
     tf = normal_quantile(q, 0.125) * 48
     A = np.eye(2)
@@ -466,3 +466,306 @@ def test_gradient_is_adjoint_of_flip():
     w = torch.rand(1, 3, 6, 6)
     (make_pipe(1, xflip=1)(x, debug_percentile=0.9) * w).sum().backward()
     assert torch.equal(x.grad, w.flip(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Upstream's random draws (module docstring, "Random draws"). Each expected value below is made
+# here with plain torch calls in upstream's order — the op's value first, then its "is it
+# applied" uniform (cutout: gate, then centre) — from the same seed, and the transform is
+# computed independently; the pipe must give the same images and leave the RNG where the
+# expected draws left it. p = 0.5 with 8 images, so every test sees both open and closed gates.
+
+DRAW_SEED, DRAW_P, DRAW_B = 21, 0.5, 8
+
+
+def _rand(*shape):
+    return torch.rand([DRAW_B, *shape])
+
+
+def _randn(*shape):
+    return torch.randn([DRAW_B, *shape])
+
+
+def _gate(*shape, prob=DRAW_P):
+    return torch.rand([DRAW_B, *shape]) < prob
+
+
+def _mixed(gate: torch.Tensor) -> torch.Tensor:
+    assert 0 < int(gate.sum()) < gate.numel(), 'the seed should give open and closed gates'
+    return gate
+
+
+def _reflect_shift(img: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Content moved by (dx, dy) pixels, reflection (edge not repeated) filling the gap."""
+    pad = max(abs(dx), abs(dy), 1)
+    padded = np.pad(img, [(0, 0), (pad, pad), (pad, pad)], mode='reflect')
+    h, w = img.shape[1:]
+    return padded[:, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+
+
+def _luma_rotation(theta: float) -> torch.Tensor:
+    """3×3 rotation by θ about (1, 1, 1)/√3 (Rodrigues), float64."""
+    v = torch.full([3], 1 / math.sqrt(3), dtype=torch.float64)
+    K = torch.tensor([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]], dtype=torch.float64)
+    return math.cos(theta) * torch.eye(3, dtype=torch.float64) + math.sin(theta) * K + \
+        (1 - math.cos(theta)) * torch.outer(v, v)
+
+
+def _expected_xflip(x):
+    i = torch.floor(_rand() * 2) * _mixed(_gate())
+    return torch.where(i[:, None, None, None] > 0, x.flip(3), x)
+
+
+def _expected_rotate90(x):
+    k = torch.floor(_rand() * 4) * _mixed(_gate())
+    return torch.stack([torch.rot90(img, int(n), dims=(1, 2)) for img, n in zip(x, k)])  # counter-clockwise
+
+
+def _expected_xint(x):
+    t = (_rand(2) * 2 - 1) * 0.125 * _mixed(_gate(1))
+    shifts = torch.round(t * torch.tensor([x.shape[3], x.shape[2]])).int().tolist()
+    return torch.stack([torch.from_numpy(_reflect_shift(img.numpy(), dx, dy)) for img, (dx, dy) in zip(x, shifts)])
+
+
+def _expected_brightness(x):
+    b = _randn() * 0.2 * _mixed(_gate())
+    return x + b[:, None, None, None]
+
+
+def _expected_contrast(x):
+    c = torch.exp2(_randn() * 0.5)
+    c = torch.where(_mixed(_gate()), c, torch.ones([]))
+    return x * c[:, None, None, None]
+
+
+def _expected_lumaflip(x):
+    i = torch.floor(_rand() * 2) * _mixed(_gate())
+    return x - 2 * i[:, None, None, None] * x.mean(dim=1, keepdim=True)
+
+
+def _expected_hue(x):
+    theta = (_rand() * 2 - 1) * math.pi * _mixed(_gate())
+    return torch.stack([torch.einsum('ij,jhw->ihw', _luma_rotation(float(a)), img.double()).float()
+                        for img, a in zip(x, theta)])
+
+
+def _expected_saturation(x):
+    s = torch.exp2(_randn() * 1.0)
+    s = torch.where(_mixed(_gate()), s, torch.ones([]))[:, None, None, None]
+    luma = x.mean(dim=1, keepdim=True)
+    return luma + s * (x - luma)
+
+
+def _expected_noise(x):
+    sigma = _randn(1, 1, 1).abs() * 0.1 * _mixed(_gate(1, 1, 1))
+    return x + torch.randn(x.shape) * sigma
+
+
+def _expected_cutout(x):
+    gate = _mixed(_gate())
+    centre = _rand(2)
+    xs = (torch.arange(x.shape[3]) + 0.5) / x.shape[3]
+    ys = (torch.arange(x.shape[2]) + 0.5) / x.shape[2]
+    half = torch.where(gate, 0.25, 0.0)[:, None]
+    inside = ((xs - centre[:, :1]).abs() < half)[:, None, :] & ((ys - centre[:, 1:]).abs() < half)[:, :, None]
+    return x * (~inside)[:, None].float()
+
+
+EXPECTED_DRAWS = {'xflip': _expected_xflip, 'rotate90': _expected_rotate90, 'xint': _expected_xint,
+                  'brightness': _expected_brightness, 'contrast': _expected_contrast,
+                  'lumaflip': _expected_lumaflip, 'hue': _expected_hue, 'saturation': _expected_saturation,
+                  'noise': _expected_noise, 'cutout': _expected_cutout}
+
+
+@pytest.mark.parametrize('op', list(EXPECTED_DRAWS))
+def test_same_seed_gives_upstreams_draws(op):
+    torch.manual_seed(0)
+    x = torch.rand(DRAW_B, 3, 16, 16) * 2 - 1
+    torch.manual_seed(DRAW_SEED)
+    expected = EXPECTED_DRAWS[op](x)
+    rng_after = torch.rand(4)
+    torch.manual_seed(DRAW_SEED)
+    out = make_pipe(DRAW_P, **{op: 1})(x)
+    assert torch.equal(torch.rand(4), rng_after), 'the pipe consumed other draws'
+    torch.testing.assert_close(out, expected, atol=2e-6, rtol=0)
+    if op in ('xflip', 'rotate90', 'xint', 'cutout'):
+        assert torch.equal(out, expected)
+
+
+def _homogeneous(M2x3: torch.Tensor) -> torch.Tensor:
+    """[B, 2, 3] → [B, 3, 3] with the row (0, 0, 1)."""
+    last = torch.tensor([[[0, 0, 1.0]]]).expand(M2x3.shape[0], 1, 3)
+    return torch.cat([M2x3, last], dim=1)
+
+
+def _inv_rotation(theta: torch.Tensor) -> torch.Tensor:
+    """Inverse matrix of a drawn angle θ: R(θ) = [[cos, −sin], [sin, cos]] (the content turns by −θ)."""
+    c, s, z = torch.cos(theta), torch.sin(theta), torch.zeros_like(theta)
+    return _homogeneous(torch.stack([torch.stack([c, -s, z], 1), torch.stack([s, c, z], 1)], 1))
+
+
+def _inv_affine(a, b, tx, c, d, ty) -> torch.Tensor:
+    entries = [torch.as_tensor(e, dtype=torch.float32).expand(DRAW_B) for e in (a, b, tx, c, d, ty)]
+    return _homogeneous(torch.stack(entries, 1).reshape(DRAW_B, 2, 3))
+
+
+def test_geometric_matrices_follow_upstreams_draws():
+    """All seven geometric ops at once: inverse matrices from draws in upstream's order."""
+    size = 16
+    p_rot = 1 - math.sqrt(1 - DRAW_P)
+    torch.manual_seed(DRAW_SEED)
+    flip = torch.floor(_rand() * 2) * _mixed(_gate())
+    quarter = torch.floor(_rand() * 4) * _mixed(_gate())
+    shift = torch.round((_rand(2) * 2 - 1) * 0.125 * _mixed(_gate(1)) * size)
+    scale = torch.exp2(_randn() * 0.2)
+    scale = torch.where(_mixed(_gate()), scale, torch.ones([]))
+    theta1 = (_rand() * 2 - 1) * math.pi * _mixed(_gate(prob=p_rot))
+    aniso = torch.exp2(_randn() * 0.2)
+    aniso = torch.where(_mixed(_gate()), aniso, torch.ones([]))
+    theta2 = (_rand() * 2 - 1) * math.pi * _mixed(_gate(prob=p_rot))
+    frac = _randn(2) * 0.125 * _mixed(_gate(1)) * size
+    rng_after = torch.rand(4)
+    expected = torch.eye(3).expand(DRAW_B, 3, 3)
+    for M in (_inv_affine(1 - 2 * flip, 0, 0, 0, 1, 0), _inv_rotation(math.pi / 2 * quarter),
+              _inv_affine(1, 0, -shift[:, 0], 0, 1, -shift[:, 1]), _inv_affine(1 / scale, 0, 0, 0, 1 / scale, 0),
+              _inv_rotation(theta1), _inv_affine(1 / aniso, 0, 0, 0, aniso, 0), _inv_rotation(theta2),
+              _inv_affine(1, 0, -frac[:, 0], 0, 1, -frac[:, 1])):
+        expected = expected @ M
+
+    pipe = make_pipe(DRAW_P, **AUGPIPE_SPECS['bg'])
+    torch.manual_seed(DRAW_SEED)
+    draws = augment._Draws(DRAW_B, torch.device('cpu'), None)
+    blit, general = pipe._geometric_matrices(draws, pipe.p, size, size, torch.float32)
+    assert torch.equal(torch.rand(4), rng_after), 'the pipe consumed other draws'
+    torch.testing.assert_close(augment._product(blit + general), expected, atol=1e-5, rtol=0)
+
+
+def test_imgfilter_draws_every_band_value_then_gate():
+    """Bands 0…3 each draw N (the log2 gain), then the gate — a zero-strength band too."""
+    bands = (1, 0, 0.5, 1)
+    torch.manual_seed(0)
+    x = torch.rand(DRAW_B, 3, 16, 16) * 2 - 1
+    torch.manual_seed(DRAW_SEED)
+    expected_power = torch.tensor([10, 1, 1, 1]) / 13
+    g = torch.ones(DRAW_B, 4)
+    any_gate = torch.zeros(DRAW_B, dtype=torch.bool)
+    for i, strength in enumerate(bands):
+        t_i = torch.exp2(_randn() * 1.0)
+        gate = _gate(prob=DRAW_P * strength)
+        t = torch.ones(DRAW_B, 4)
+        t[:, i] = torch.where(gate, t_i, torch.ones([]))
+        g = g * t / (expected_power * t.square()).sum(dim=1, keepdim=True).sqrt()
+        any_gate |= gate
+    _mixed(any_gate)
+    rng_after = torch.rand(4)
+    pipe = make_pipe(DRAW_P, imgfilter=1, imgfilter_bands=bands)
+    torch.manual_seed(DRAW_SEED)
+    gains, drawn = pipe._imgfilter_gains(augment._Draws(DRAW_B, torch.device('cpu'), None), pipe.p, torch.float32)
+    assert torch.equal(torch.rand(4), rng_after)
+    assert torch.equal(drawn, any_gate)
+    torch.testing.assert_close(gains, g, atol=1e-6, rtol=0)
+    torch.manual_seed(DRAW_SEED)
+    out = pipe(x)
+    assert torch.equal(torch.rand(4), rng_after)
+    assert torch.equal((out != x).flatten(1).any(dim=1), any_gate)
+
+
+def _upstream_stream(batch: int, channels: int, size: int) -> None:
+    """Every draw of the full bgcfnc pipe, in upstream's order (values before gates)."""
+    for shape in ([], [], [], [], [2], [1]):  # xflip, rotate90 (value, gate), xint (value, gate)
+        torch.rand([batch, *shape])
+    torch.randn([batch]); torch.rand([batch])  # scale
+    torch.rand([batch]); torch.rand([batch])  # pre-rotation
+    torch.randn([batch]); torch.rand([batch])  # aniso
+    torch.rand([batch]); torch.rand([batch])  # post-rotation
+    torch.randn([batch, 2]); torch.rand([batch, 1])  # xfrac
+    torch.randn([batch]); torch.rand([batch])  # brightness
+    torch.randn([batch]); torch.rand([batch])  # contrast
+    torch.rand([batch]); torch.rand([batch])  # lumaflip
+    torch.rand([batch]); torch.rand([batch])  # hue
+    torch.randn([batch]); torch.rand([batch])  # saturation
+    for _ in range(4):  # imgfilter bands
+        torch.randn([batch]); torch.rand([batch])
+    torch.randn([batch]); torch.rand([batch]); torch.randn([batch, channels, size, size])  # noise
+    torch.rand([batch]); torch.rand([batch, 2])  # cutout: gate, then centre
+
+
+@pytest.mark.parametrize('p', [0.5, 1.0])
+def test_full_pipe_consumes_upstreams_stream(p):
+    torch.manual_seed(DRAW_SEED)
+    _upstream_stream(DRAW_B, 3, 16)
+    rng_after = torch.rand(4)
+    x = torch.linspace(-1, 1, DRAW_B * 3 * 16 * 16).reshape(DRAW_B, 3, 16, 16)
+    torch.manual_seed(DRAW_SEED)
+    make_pipe(p, **AUGPIPE_SPECS['bgcfnc'], imgfilter_bands=(1, 1, 0, 1))(x)
+    assert torch.equal(torch.rand(4), rng_after)
+
+
+def test_rotate90_turns_counter_clockwise():
+    """Upstream's direction: the quarter turn i = 1 takes the top-right pixel to the top-left."""
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 0, 7] = 1  # top right (row 0, last column)
+    out = make_pipe(1, rotate90=1)(x, debug_percentile=0.3)  # i = ⌊0.3·4⌋ = 1
+    assert torch.equal(out, torch.rot90(x, 1, dims=(2, 3)))
+    assert out[0, 0, 0, 0] == 1 and out.sum() == 1
+
+
+def test_rotate_turns_counter_clockwise():
+    """θ = +90° (q = 0.75): a blob right of the centre ends up above it (y points down)."""
+    out = make_pipe(1, rotate=1)(blob(cx=6.0, cy=0.0), debug_percentile=0.75)
+    centroid, _ = moments(out)
+    np.testing.assert_allclose(centroid, [0.0, -6.0], atol=0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference mode: upstream's resampling arithmetic (checked bitwise against the official pipe
+# outside the repository; here its properties).
+
+def test_reference_mode_switch():
+    assert augment.set_reference_mode(True) is False
+    assert augment.set_reference_mode(False) is True
+    with augment.reference_mode():
+        assert augment._REFERENCE_MODE
+        with augment.reference_mode(False):
+            assert not augment._REFERENCE_MODE
+        assert augment._REFERENCE_MODE
+    assert not augment._REFERENCE_MODE
+
+
+def test_reference_mode_p_zero_draws_and_resamples():
+    """At p = 0 upstream still draws everything and resamples the batch (identity up to rounding)."""
+    torch.manual_seed(0)
+    x = torch.rand(DRAW_B, 3, 16, 16) * 2 - 1
+    torch.manual_seed(DRAW_SEED)
+    _upstream_stream(DRAW_B, 3, 16)
+    rng_after = torch.rand(4)
+    pipe = make_pipe(0, **AUGPIPE_SPECS['bgcfnc'])
+    torch.manual_seed(DRAW_SEED)
+    with augment.reference_mode():
+        out = pipe(x)
+    assert torch.equal(torch.rand(4), rng_after)
+    assert not torch.equal(out, x) and (out - x).abs().max() < 1e-4
+    torch.manual_seed(DRAW_SEED)
+    assert pipe(x) is x  # default mode: p = 0 returns the input and draws nothing
+    assert not torch.equal(torch.rand(4), rng_after)
+
+
+def test_reference_mode_same_draws_as_default_mode():
+    """Both modes use the same draws: the colour ops (one shared path) agree bitwise, the blit ops
+    (exact gather vs upstream's resampling) agree on smooth images to the resampling's accuracy."""
+    torch.manual_seed(0)
+    x = torch.rand(DRAW_B, 3, 12, 12) * 2 - 1
+    outs = []
+    for ref in (False, True):
+        torch.manual_seed(DRAW_SEED)
+        with augment.reference_mode(ref):
+            outs.append(make_pipe(DRAW_P, **AUGPIPE_SPECS['color'])(x))
+    assert torch.equal(outs[0], outs[1])
+    smooth = blob(size=32, cx=3.0, cy=-5.0, sigma=3.0).repeat(DRAW_B, 1, 1, 1)
+    outs = []
+    for ref in (False, True):
+        torch.manual_seed(DRAW_SEED)
+        with augment.reference_mode(ref):
+            outs.append(make_pipe(DRAW_P, xflip=1, rotate90=1)(smooth))
+    assert (outs[0] - outs[1]).abs().max() < 0.05
+    assert (outs[0] - smooth).abs().max() > 0.5  # some images did move

@@ -24,10 +24,10 @@ through it. Stages, in order:
 Images are NCHW floats in [−1, 1] with 1 (luma-only colour handling) or 3 channels.
 
 Deliberate differences from upstream (all keep the augmentation distribution):
-- p == 0 returns the input tensor itself; images that no geometric op touched (identity matrix)
-  and images without an imgfilter draw skip the resampling/filtering, so they come back bit-exact
-  (upstream sends every image through the 2× up/down path even at p = 0, which returns it up to
-  float rounding).
+- p == 0 returns the input tensor itself (drawing nothing); images that no geometric op touched
+  (identity matrix) and images without an imgfilter draw skip the resampling/filtering, so they
+  come back bit-exact (upstream draws and sends every image through the 2× up/down path even at
+  p = 0, which returns it up to float rounding). Reference mode (below) does as upstream.
 - For square images xflip, rotate90 and xint are executed exactly as a pixel gather (reflection
   fills what xint shifts in); only scale/rotate/aniso/xfrac go through ``grid_sample``. Upstream
   folds all seven into one matrix; with the sym6 filter that slightly blurs flipped/rotated images.
@@ -39,12 +39,33 @@ Deliberate differences from upstream (all keep the augmentation distribution):
   top value at q = 1. The post-rotation is never applied in debug mode (so the total rotation
   is exactly θ). The per-pixel noise field stays random.
 - Reflect padding of the imgfilter path also works for images smaller than the filter.
+
+Random draws (docs/stylegan2-ada.md §2): the pipe consumes the global torch RNG exactly as
+upstream does, so the same seed gives the same augmentation parameters. Ops draw in pipeline
+order (xflip, rotate90, xint, scale, pre-rotate, aniso, post-rotate, xfrac, brightness,
+contrast, lumaflip, hue, saturation, imgfilter bands 0…3, noise, cutout); each op first draws
+its value and then its "is it applied" uniform, except cutout (gate, then centre). Integer
+draws are ⌊U·k⌋, uniform ranges (2U − 1)·max, normal values N·std, log-normal 2^(N·std), noise
+σ = |N|·std then the noise field; every imgfilter band draws, whatever its strength. The
+application thresholds are computed in float32 from the float32 ``p`` buffer (as upstream's
+``multiplier × p`` tensors), rotations' as 1 − √(1 − rotate·p). Rotation direction: a drawn
+angle θ (rotate, and θ = i·90° for rotate90) turns the content by −θ in the y-down pixel frame,
+i.e. counter-clockwise on screen for θ > 0 (rotate90 with i = 1 is ``torch.rot90(x, 1, (2, 3))``).
+
+Reference mode (:func:`set_reference_mode` / ``with reference_mode():``, off by default)
+reproduces upstream's augmented batches for the same seed, input and p, bitwise in float32 on
+the CPU: the geometric ops are folded into one matrix and every image of the batch is resampled
+(upstream's ½-pixel upsampling offset, its matrix association order and [B, C] filter calls);
+imgfilter filters every image; and p = 0 runs the pipe (drawing, resampling, filtering) instead
+of returning the input, so the RNG stream stays aligned with upstream's at p = 0 too. The draws
+and the colour arithmetic are the same in both modes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -118,45 +139,91 @@ def rotate2d(theta: torch.Tensor, batch: int, dtype: torch.dtype, device: torch.
 
 
 def _luma_axis(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """v = (1, 1, 1, 0)/√3 in homogeneous colour space (docs/methods.md §3.2)."""
-    return torch.tensor([1, 1, 1, 0], dtype=dtype, device=device) / math.sqrt(3)
+    """v = (1, 1, 1, 0)/√3 in homogeneous colour space (docs/methods.md §3.2), rounded from float64."""
+    return torch.tensor(np.array([1, 1, 1, 0]) / np.sqrt(3), dtype=dtype, device=device)
 
 
 def rotate_about_luma(theta: torch.Tensor, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """[B, 4, 4] rotation by θ about the luma axis (Rodrigues: cosθ·I + sinθ·[v]× + (1−cosθ)·vvᵀ)."""
-    a = 1 / math.sqrt(3)
+    """[B, 4, 4] rotation by θ about the luma axis v (Rodrigues: cosθ·I + sinθ·[v]× + (1−cosθ)·vvᵀ).
+
+    Entry (i, j) is v_i·v_j·(1 − cosθ) + cosθ on the diagonal and v_i·v_j·(1 − cosθ) ∓ v_k·sinθ
+    off it, evaluated in that order (upstream's rounding).
+    """
+    v = _luma_axis(dtype, device)
+    vx, vy, vz = v[0], v[1], v[2]
     c, s = torch.cos(theta), torch.sin(theta)
-    d = (1 - c) / 3  # (1 − cosθ)·v_i·v_j with v_i = 1/√3
-    return _matrix([[c + d, d - a * s, d + a * s, 0],
-                    [d + a * s, c + d, d - a * s, 0],
-                    [d - a * s, d + a * s, c + d, 0],
+    cc = 1 - c
+    return _matrix([[vx * vx * cc + c, vx * vy * cc - vz * s, vx * vz * cc + vy * s, 0],
+                    [vy * vx * cc + vz * s, vy * vy * cc + c, vy * vz * cc - vx * s, 0],
+                    [vz * vx * cc - vy * s, vz * vy * cc + vx * s, vz * vz * cc + c, 0],
                     [0, 0, 0, 1]], batch, dtype, device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference mode (see the module docstring).
+
+_REFERENCE_MODE = False
+
+
+def set_reference_mode(enabled: bool) -> bool:
+    """Globally reproduce upstream's augmented batches (True) or use degan's exact paths (False, default).
+
+    Returns the old value. Only the calls made while it is on are affected.
+    """
+    global _REFERENCE_MODE
+    old = _REFERENCE_MODE
+    _REFERENCE_MODE = bool(enabled)
+    return old
+
+
+@contextlib.contextmanager
+def reference_mode(enabled: bool = True) -> Iterator[None]:
+    """Context manager for :func:`set_reference_mode`: ``with reference_mode():`` gives upstream's batches."""
+    old = set_reference_mode(enabled)
+    try:
+        yield
+    finally:
+        set_reference_mode(old)
 
 
 # ---------------------------------------------------------------------------------------------
 # Random draws (with the debug_percentile override).
 
 class _Draws:
-    """All random draws of one forward call; with ``q`` set, each draw is its exact q-quantile."""
+    """All random draws of one forward call; with ``q`` set, each draw is its exact q-quantile.
+
+    Every draw is one ``torch.rand`` / ``torch.randn`` call of shape [B, *shape] on the images'
+    device, made in the order the methods are called. An op draws its value first and then its
+    gate (:meth:`gated`), as upstream does (module docstring, "Random draws").
+    """
 
     def __init__(self, batch: int, device: torch.device, q: Optional[float]) -> None:
         self.batch, self.device, self.q = batch, device, q
 
-    def _uniform01(self, shape: Sequence[int]) -> torch.Tensor:
+    def unit(self, shape: Sequence[int] = ()) -> torch.Tensor:
+        """U(0, 1) (the q-quantile is q)."""
         if self.q is None:
             return torch.rand([self.batch, *shape], device=self.device)
         return torch.full([self.batch, *shape], self.q, device=self.device)
 
     def gate(self, prob: float, shape: Sequence[int] = ()) -> torch.Tensor:
         """Bool [B, *shape]: the op is applied (U < prob)."""
-        return self._uniform01(shape) < prob
+        return self.unit(shape) < prob
 
-    def uniform(self, low: float, high: float, shape: Sequence[int] = ()) -> torch.Tensor:
-        return low + (high - low) * self._uniform01(shape)
+    def gated(self, value: torch.Tensor, prob: float, default: float, shape: Sequence[int] = ()) -> torch.Tensor:
+        """``value`` (already drawn) where a gate drawn now is open, else ``default``; gate shape [B, *shape]."""
+        return torch.where(self.gate(prob, shape), value, torch.full_like(value, default))
+
+    def symmetric(self, *scales: float, shape: Sequence[int] = ()) -> torch.Tensor:
+        """Uniform on ±Π scales, computed as (2U − 1)·scale₁·scale₂… (upstream's rounding)."""
+        value = self.unit(shape) * 2 - 1
+        for scale in scales:
+            value = value * scale
+        return value
 
     def integer(self, k: int, shape: Sequence[int] = ()) -> torch.Tensor:
-        """Uniform integer in {0, …, k−1} (as float)."""
-        return torch.floor(self._uniform01(shape) * k).clamp(max=k - 1)
+        """Uniform integer in {0, …, k−1} (as float): ⌊U·k⌋, clamped to k − 1 for q = 1."""
+        return torch.floor(self.unit(shape) * k).clamp(max=k - 1)
 
     def normal(self, std: float, shape: Sequence[int] = ()) -> torch.Tensor:
         """N(0, std²)."""
@@ -175,6 +242,19 @@ class _Draws:
     def lognormal2(self, std: float, shape: Sequence[int] = ()) -> torch.Tensor:
         """2^N(0, std²)."""
         return torch.exp2(self.normal(std, shape))
+
+
+def _threshold(p: torch.Tensor, *factors: float) -> float:
+    """Application probability factor₁·p·factor₂… in float32, left to right (upstream's tensor arithmetic)."""
+    prob = factors[0] * p
+    for factor in factors[1:]:
+        prob = prob * factor
+    return float(prob)
+
+
+def _rotation_threshold(p: torch.Tensor, rotate: float) -> float:
+    """P(pre-rotation) = P(post-rotation) = 1 − √(1 − rotate·p) in float32, so P(either) = rotate·p."""
+    return float(1 - torch.sqrt((1 - rotate * p).clamp(0, 1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +321,8 @@ def upsample_offset(Hz_geom: torch.Tensor) -> float:
     return centroid - (taps - 1 - (taps + 1) // 2) - 0.5
 
 
-def geometric_resample(images: torch.Tensor, G_inv: torch.Tensor, Hz_geom: torch.Tensor) -> torch.Tensor:
+def geometric_resample(images: torch.Tensor, G_inv: torch.Tensor, Hz_geom: torch.Tensor,
+                       reference: bool = False) -> torch.Tensor:
     """Resample each image through its inverse homogeneous transform (docs/methods.md §3.2).
 
     ``G_inv`` [B, 3, 3] maps output pixel coordinates to input pixel coordinates (pixel units,
@@ -252,12 +333,22 @@ def geometric_resample(images: torch.Tensor, G_inv: torch.Tensor, Hz_geom: torch
     correlation and decimate 2×, cropping the extra pixels. With G_inv = I the result equals the
     input up to float rounding: the sym6 autocorrelation has δ at its even lags (orthonormality),
     so 2× up, filter and 2× down cancel.
+
+    ``reference=True`` (reference mode) uses upstream's arithmetic: the 2× grid offset −½
+    instead of :func:`upsample_offset`, upstream's association order of the matrix products and
+    [B, C, H, W] filter calls, so the result equals upstream's bitwise (float32, CPU).
     """
     batch, channels, height, width = images.shape
     dtype, device = images.dtype, images.device
     Hz_geom = Hz_geom.to(device=device)
     Hz_pad = Hz_geom.shape[0] // 4
     G_inv = G_inv.to(dtype=dtype, device=device)
+
+    def scale(sx: float, sy: float) -> torch.Tensor:
+        return scale2d(sx, sy, batch, dtype, device)
+
+    def translate(tx: float, ty: float) -> torch.Tensor:
+        return translate2d(tx, ty, batch, dtype, device)
 
     # Margin: how far the transformed output corners reach beyond the input (plus filter support).
     cx, cy = (width - 1) / 2, (height - 1) / 2
@@ -271,27 +362,34 @@ def geometric_resample(images: torch.Tensor, G_inv: torch.Tensor, Hz_geom: torch
 
     # Pad, and move the origin to the padded image's centre.
     images = F.pad(images, [mx0, mx1, my0, my1], mode='reflect')
-    G_inv = translate2d((mx0 - mx1) / 2, (my0 - my1) / 2, batch, dtype, device) @ G_inv
+    G_inv = translate((mx0 - mx1) / 2, (my0 - my1) / 2) @ G_inv
 
     # Upsample 2×; in 2× pixel units a low-res coordinate x sits at 2x + offset (centre-origin).
     # (Filter as one [1, B·C, H, W] image: the depthwise FIR is much faster on CPU with batch 1.)
     padded_h, padded_w = images.shape[2], images.shape[3]
-    images = upfirdn2d.upsample2d(images.reshape(1, batch * channels, padded_h, padded_w), Hz_geom, up=2)
-    images = images.reshape(batch, channels, padded_h * 2, padded_w * 2)
-    offset = upsample_offset(Hz_geom)
-    to_up = translate2d(offset, offset, batch, dtype, device) @ scale2d(2, 2, batch, dtype, device)
-    from_up = scale2d(0.5, 0.5, batch, dtype, device) @ translate2d(-offset, -offset, batch, dtype, device)
-    G_inv = to_up @ G_inv @ from_up
+    if reference:
+        images = upfirdn2d.upsample2d(images, Hz_geom, up=2)
+        G_inv = scale(2, 2) @ G_inv @ scale(1 / 2, 1 / 2)
+        G_inv = translate(-0.5, -0.5) @ G_inv @ translate(0.5, 0.5)
+    else:
+        images = upfirdn2d.upsample2d(images.reshape(1, batch * channels, padded_h, padded_w), Hz_geom, up=2)
+        images = images.reshape(batch, channels, padded_h * 2, padded_w * 2)
+        offset = upsample_offset(Hz_geom)
+        to_up = translate(offset, offset) @ scale(2, 2)
+        from_up = scale(0.5, 0.5) @ translate(-offset, -offset)
+        G_inv = to_up @ G_inv @ from_up
 
     # Sample the 2× output grid (with Hz_pad extra low-res pixels per side) in normalised units.
     out_shape = [batch, channels, (height + Hz_pad * 2) * 2, (width + Hz_pad * 2) * 2]
-    to_norm_in = scale2d(2 / images.shape[3], 2 / images.shape[2], batch, dtype, device)
-    from_norm_out = scale2d(out_shape[3] / 2, out_shape[2] / 2, batch, dtype, device)
+    to_norm_in = scale(2 / images.shape[3], 2 / images.shape[2])
+    from_norm_out = scale(1 / (2 / out_shape[3]), 1 / (2 / out_shape[2]))
     theta = (to_norm_in @ G_inv @ from_norm_out)[:, :2, :]
     grid = F.affine_grid(theta, out_shape, align_corners=False)
     images = F.grid_sample(images, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
 
     # Downsample 2× (correlation with the same filter) and crop the extra pixels.
+    if reference:
+        return upfirdn2d.downsample2d(images, Hz_geom, down=2, padding=-Hz_pad * 2, flip_filter=True)
     images = images.reshape(1, batch * channels, out_shape[2], out_shape[3])
     images = upfirdn2d.downsample2d(images, Hz_geom, down=2, padding=-Hz_pad * 2, flip_filter=True)
     return images.reshape(batch, channels, height, width)
@@ -404,77 +502,80 @@ class AugmentPipe(torch.nn.Module):
         """Augment a batch [B, C, H, W] (C ∈ {1, 3}, values in [−1, 1]); differentiable."""
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f'AugmentPipe: images must be [B, 1 or 3, H, W], got {list(images.shape)}')
-        p = float(self.p)
-        if p <= 0:
+        p = self.p.detach().to('cpu', torch.float32)  # thresholds in float32, as upstream's tensors
+        reference = _REFERENCE_MODE
+        if float(p) <= 0 and not reference:
             return images  # every op is gated by p
         q = None if debug_percentile is None else float(debug_percentile)
         if q is not None and not 0 <= q <= 1:
             raise ValueError(f'AugmentPipe: debug_percentile must be in [0, 1], got {q}')
         draws = _Draws(images.shape[0], images.device, q)
-        images = self._geometric(images, draws, p)
+        images = self._geometric(images, draws, p, reference)
         images = self._colour(images, draws, p)
-        images = self._imgfilter(images, draws, p)
+        images = self._imgfilter(images, draws, p, reference)
         images = self._noise(images, draws, p)
         return self._cutout(images, draws, p)
 
     # ----------------------------------------------------------------------------------------
     # Geometry.
 
-    def _geometric_matrices(self, draws: _Draws, p: float, height: int, width: int,
-                            dtype: torch.dtype) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Inverse transforms (blit⁻¹, general⁻¹), each [B, 3, 3] or None when no op is enabled.
+    def _geometric_matrices(self, draws: _Draws, p: torch.Tensor, height: int, width: int,
+                            dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Inverse transforms of the enabled ops, [B, 3, 3] each: (blit ops, general ops), in draw order.
 
         The forward transform is G = A_k…A₂A₁ with A₁ = xflip applied first, so the inverse used for
         sampling is G⁻¹ = A₁⁻¹A₂⁻¹…A_k⁻¹ = blit⁻¹ · general⁻¹ (blit = xflip, rotate90, xint; general
-        = scale, pre-rotate, aniso, post-rotate, xfrac).
+        = scale, pre-rotate, aniso, post-rotate, xfrac). Each op draws its value, then its gate
+        (module docstring, "Random draws"). A drawn angle θ enters the inverse as R(θ), so the
+        content turns by −θ (counter-clockwise on screen for θ > 0, y pointing down).
         """
         batch, device = draws.batch, draws.device
         blit: list[torch.Tensor] = []
         general: list[torch.Tensor] = []
 
-        def where(gate: torch.Tensor, value: torch.Tensor, default: float) -> torch.Tensor:
-            return torch.where(gate, value, torch.full_like(value, default))
-
         if self.xflip > 0:  # mirror x with prob ½ when applied
-            i = where(draws.gate(self.xflip * p), draws.integer(2), 0)
+            i = draws.gated(draws.integer(2), _threshold(p, self.xflip), 0)
             blit.append(scale2d(1 - 2 * i, 1, batch, dtype, device))
-        if self.rotate90 > 0:  # rotate by a uniform multiple of 90°
-            i = where(draws.gate(self.rotate90 * p), draws.integer(4), 0)
-            blit.append(rotate2d(-math.pi / 2 * i, batch, dtype, device))
+        if self.rotate90 > 0:  # rotate by i quarter turns, i uniform in {0, 1, 2, 3}
+            i = draws.gated(draws.integer(4), _threshold(p, self.rotate90), 0)
+            blit.append(rotate2d(math.pi / 2 * i, batch, dtype, device))
         if self.xint > 0:  # integer translation, uniform in ±xint_max of the size, rounded to pixels
-            gate = draws.gate(self.xint * p, [1])
-            t = where(gate, draws.uniform(-self.xint_max, self.xint_max, [2]), 0)
+            t = draws.gated(draws.symmetric(self.xint_max, shape=[2]), _threshold(p, self.xint), 0, [1])
             blit.append(translate2d(-torch.round(t[:, 0] * width), -torch.round(t[:, 1] * height), batch, dtype, device))
         if self.scale > 0:  # isotropic scaling 2^N(0, scale_std²)
-            s = where(draws.gate(self.scale * p), draws.lognormal2(self.scale_std), 1)
+            s = draws.gated(draws.lognormal2(self.scale_std), _threshold(p, self.scale), 1)
             general.append(scale2d(1 / s, 1 / s, batch, dtype, device))
-        p_rot = 1 - math.sqrt(min(max(1 - self.rotate * p, 0), 1))  # P(pre or post rotation) = rotate·p
-        theta_max = math.pi * self.rotate_max
+        p_rot = _rotation_threshold(p, self.rotate)  # P(pre or post rotation) = rotate·p
         if self.rotate > 0:  # pre-rotation, θ ~ U(−π, π)·rotate_max
-            theta = where(draws.gate(p_rot), draws.uniform(-theta_max, theta_max), 0)
-            general.append(rotate2d(-theta, batch, dtype, device))
+            theta = draws.gated(draws.symmetric(math.pi, self.rotate_max), p_rot, 0)
+            general.append(rotate2d(theta, batch, dtype, device))
         if self.aniso > 0:  # anisotropic scaling: x by s, y by 1/s
-            s = where(draws.gate(self.aniso * p), draws.lognormal2(self.aniso_std), 1)
-            general.append(scale2d(1 / s, s, batch, dtype, device))
+            s = draws.gated(draws.lognormal2(self.aniso_std), _threshold(p, self.aniso), 1)
+            general.append(scale2d(1 / s, 1 / (1 / s), batch, dtype, device))
         if self.rotate > 0 and draws.q is None:  # post-rotation (skipped in debug mode)
-            theta = where(draws.gate(p_rot), draws.uniform(-theta_max, theta_max), 0)
-            general.append(rotate2d(-theta, batch, dtype, device))
+            theta = draws.gated(draws.symmetric(math.pi, self.rotate_max), p_rot, 0)
+            general.append(rotate2d(theta, batch, dtype, device))
         if self.xfrac > 0:  # fractional translation N(0, xfrac_std²) of the size
-            gate = draws.gate(self.xfrac * p, [1])
-            t = where(gate, draws.normal(self.xfrac_std, [2]), 0)
+            t = draws.gated(draws.normal(self.xfrac_std, [2]), _threshold(p, self.xfrac), 0, [1])
             general.append(translate2d(-t[:, 0] * width, -t[:, 1] * height, batch, dtype, device))
-        return _product(blit), _product(general)
+        return blit, general
 
-    def _geometric(self, images: torch.Tensor, draws: _Draws, p: float) -> torch.Tensor:
+    def _geometric(self, images: torch.Tensor, draws: _Draws, p: torch.Tensor, reference: bool) -> torch.Tensor:
         """Blit ops exactly (pixel gather), then resample the images whose general transform moves.
 
         For square images, xflip/rotate90/xint permute pixels exactly (reflection fills what xint
         shifts in, like the reflect padding of the resampling path). Non-square images fold them
         into the resampled matrix (a 90° rotation of a non-square grid is not a permutation).
+        In reference mode all enabled ops form one matrix, multiplied left to right in draw
+        order, and the whole batch is resampled the upstream way when any op is enabled.
         """
         batch, _, height, width = images.shape
         dtype = images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
-        blit_inv, general_inv = self._geometric_matrices(draws, p, height, width, dtype)
+        blit, general = self._geometric_matrices(draws, p, height, width, dtype)
+        if reference:
+            G_inv = _product(blit + general)
+            return images if G_inv is None else geometric_resample(images, G_inv, self.Hz_geom, reference=True)
+        blit_inv, general_inv = _product(blit), _product(general)
         if blit_inv is not None and height != width:
             general_inv = blit_inv if general_inv is None else blit_inv @ general_inv
             blit_inv = None
@@ -487,41 +588,44 @@ class AugmentPipe(torch.nn.Module):
     # ----------------------------------------------------------------------------------------
     # Colour.
 
-    def _colour_matrix(self, draws: _Draws, p: float, channels: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
-        """4×4 colour matrix C = M_k…M₁ on (r, g, b, 1), M₁ = brightness applied first."""
+    def _colour_matrix(self, draws: _Draws, p: torch.Tensor, channels: int,
+                       dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """4×4 colour matrix C = M_k…M₁·I on (r, g, b, 1), M₁ = brightness first; None if no op is enabled.
+
+        Each op draws its value, then its gate (module docstring, "Random draws").
+        """
         batch, device = draws.batch, draws.device
         eye = torch.eye(4, dtype=dtype, device=device)
         C: Optional[torch.Tensor] = None
 
         def then(M: torch.Tensor) -> None:
             nonlocal C
-            C = M if C is None else M @ C
+            C = M @ (eye if C is None else C)
 
-        def where(gate: torch.Tensor, value: torch.Tensor, default: float) -> torch.Tensor:
-            return torch.where(gate, value, torch.full_like(value, default)).to(dtype)
+        def gated(value: torch.Tensor, prob: float, default: float) -> torch.Tensor:
+            return draws.gated(value, prob, default).to(dtype)
 
         v = _luma_axis(dtype, device)
         vvT = torch.outer(v, v)
         if self.brightness > 0:  # add N(0, brightness_std²) to every channel
-            b = where(draws.gate(self.brightness * p), draws.normal(self.brightness_std), 0)
+            b = gated(draws.normal(self.brightness_std), _threshold(p, self.brightness), 0)
             then(_matrix([[1, 0, 0, b], [0, 1, 0, b], [0, 0, 1, b], [0, 0, 0, 1]], batch, dtype, device))
         if self.contrast > 0:  # multiply by 2^N(0, contrast_std²) (about 0, mid-grey)
-            c = where(draws.gate(self.contrast * p), draws.lognormal2(self.contrast_std), 1)
+            c = gated(draws.lognormal2(self.contrast_std), _threshold(p, self.contrast), 1)
             then(_matrix([[c, 0, 0, 0], [0, c, 0, 0], [0, 0, c, 0], [0, 0, 0, 1]], batch, dtype, device))
         if self.lumaflip > 0:  # Householder reflection of the luma axis, with prob ½ when applied
-            i = where(draws.gate(self.lumaflip * p), draws.integer(2), 0)
+            i = gated(draws.integer(2), _threshold(p, self.lumaflip), 0)
             then(eye - 2 * vvT * i[:, None, None])
         if self.hue > 0 and channels > 1:  # rotate about the luma axis by θ ~ U(−π, π)·hue_max
-            theta = where(draws.gate(self.hue * p), draws.uniform(-math.pi * self.hue_max, math.pi * self.hue_max), 0)
+            theta = gated(draws.symmetric(math.pi, self.hue_max), _threshold(p, self.hue), 0)
             then(rotate_about_luma(theta, batch, dtype, device))
         if self.saturation > 0 and channels > 1:  # scale the chroma (⊥ luma) by 2^N(0, saturation_std²)
-            s = where(draws.gate(self.saturation * p), draws.lognormal2(self.saturation_std), 1)
-            chroma = (eye - vvT)
-            chroma[3, 3] = 0
-            then(eye - chroma + chroma * s[:, None, None])
+            s = gated(draws.lognormal2(self.saturation_std), _threshold(p, self.saturation), 1)
+            # vvᵀ + (I − vvᵀ)·s; its [3, 3] entry s only scales row 3 of C, which is never used.
+            then(vvT + (eye - vvT) * s[:, None, None])
         return C
 
-    def _colour(self, images: torch.Tensor, draws: _Draws, p: float) -> torch.Tensor:
+    def _colour(self, images: torch.Tensor, draws: _Draws, p: torch.Tensor) -> torch.Tensor:
         """x ← C[:3,:3]·x + C[:3,3] per pixel; for 1 channel the luma-only form (grey in, grey out)."""
         batch, channels, height, width = images.shape
         dtype = images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
@@ -532,54 +636,56 @@ class AugmentPipe(torch.nn.Module):
         if channels == 3:
             flat = C[:, :3, :3] @ flat + C[:, :3, 3:]
         else:
-            # Grey g is (g, g, g) in RGB; the output's channel mean is g·mean(row sums) + mean(offsets).
-            gain = C[:, :3, :3].sum(dim=2).mean(dim=1)
-            offset = C[:, :3, 3].mean(dim=1)
-            flat = flat * gain[:, None, None] + offset[:, None, None]
+            # Grey g is (g, g, g) in RGB; the output's channel mean is g·Σ_j mean_i C_ij + mean_i C_i3.
+            rows = C[:, :3, :].mean(dim=1)  # [B, 4]
+            flat = flat * rows[:, :3].sum(dim=1)[:, None, None] + rows[:, 3][:, None, None]
         return flat.reshape(batch, channels, height, width)
 
     # ----------------------------------------------------------------------------------------
     # Image-space filtering.
 
-    def _imgfilter_gains(self, draws: _Draws, p: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _imgfilter_gains(self, draws: _Draws, p: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image band gains g [B, bands] and whether any band was drawn [B].
 
-        For each band i in turn: with prob imgfilter·p·band_strength_i, a gain t_i = 2^N(0, std²)
-        for band i (others 1) forms t; t is divided by √(Σ_j e_j t_j²) with e the expected power
-        spectrum (10, 1, 1, 1)/13, so the expected image power is unchanged; g = Π t.
+        For each band i in turn (every band draws, whatever its strength; value, then gate): with
+        prob imgfilter·p·band_strength_i, a gain t_i = 2^N(0, std²) for band i (others 1) forms t;
+        t is divided by √(Σ_j e_j t_j²) with e the expected power spectrum (10, 1, 1, 1)/13, so the
+        expected image power is unchanged; g = Π t.
         """
         num_bands = self.Hz_fbank.shape[0]
         expected_power = torch.tensor(IMGFILTER_EXPECTED_POWER, dtype=dtype, device=draws.device)
         g = torch.ones([draws.batch, num_bands], dtype=dtype, device=draws.device)
         any_drawn = torch.zeros([draws.batch], dtype=torch.bool, device=draws.device)
         for i, band_strength in enumerate(self.imgfilter_bands):
-            if band_strength <= 0:
-                continue
-            gate = draws.gate(self.imgfilter * p * band_strength)
-            t_i = torch.where(gate, draws.lognormal2(self.imgfilter_std), torch.ones([], device=draws.device))
+            t_i = draws.lognormal2(self.imgfilter_std)
+            gate = draws.gate(_threshold(p, self.imgfilter, band_strength))
+            t_i = torch.where(gate, t_i, torch.ones_like(t_i))
             t = torch.ones([draws.batch, num_bands], dtype=dtype, device=draws.device)
             t[:, i] = t_i.to(dtype)
-            g = g * t / (expected_power * t.square()).sum(dim=-1, keepdim=True).sqrt()
+            t = t / (expected_power * t.square()).sum(dim=-1, keepdim=True).sqrt()
+            g = g * t
             any_drawn = any_drawn | gate
         return g, any_drawn
 
-    def _imgfilter(self, images: torch.Tensor, draws: _Draws, p: float) -> torch.Tensor:
-        """Filter each drawn image with the separable kernel k = g·Hz_fbank along x, then y.
+    def _imgfilter(self, images: torch.Tensor, draws: _Draws, p: torch.Tensor, reference: bool) -> torch.Tensor:
+        """Filter each drawn image (every image in reference mode) with the separable kernel k = g·Hz_fbank.
 
-        Reflect padding; the 2-D response at (ω_x, ω_y) is k(ω_x)·k(ω_y), so e.g. a constant image is
-        scaled by g_0² and a ±1 checkerboard by g_3².
+        Along x, then y, with reflect padding; the 2-D response at (ω_x, ω_y) is k(ω_x)·k(ω_y), so
+        e.g. a constant image is scaled by g_0² and a ±1 checkerboard by g_3².
         """
         if self.imgfilter <= 0:
             return images
         batch, channels, height, width = images.shape
         dtype = images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
         g, drawn = self._imgfilter_gains(draws, p, dtype)
+        if reference:
+            drawn = torch.ones_like(drawn)
         idx = drawn.nonzero().flatten()
         if idx.numel() == 0:
             return images
         sub = images if idx.numel() == batch else images.index_select(0, idx)
         n = sub.shape[0]
-        kernel = g.index_select(0, idx) @ self.Hz_fbank.to(dtype)  # [n, taps]
+        kernel = (g if idx.numel() == batch else g.index_select(0, idx)) @ self.Hz_fbank.to(dtype)  # [n, taps]
         kernel = kernel.repeat_interleave(channels, dim=0)[:, None, :]  # [n*C, 1, taps]
         pad = self.Hz_fbank.shape[1] // 2
         x = reflect_pad(sub.reshape(1, n * channels, height, width), pad, pad, pad, pad)
@@ -591,22 +697,27 @@ class AugmentPipe(torch.nn.Module):
     # ----------------------------------------------------------------------------------------
     # Corruptions.
 
-    def _noise(self, images: torch.Tensor, draws: _Draws, p: float) -> torch.Tensor:
-        """Additive Gaussian noise with per-image std σ ~ |N(0, noise_std²)| (when applied)."""
+    def _noise(self, images: torch.Tensor, draws: _Draws, p: torch.Tensor) -> torch.Tensor:
+        """Additive Gaussian noise with per-image std σ ~ |N(0, noise_std²)| (when applied).
+
+        Draws σ, then its gate, then the noise field (one N(0, 1) per pixel and channel).
+        """
         if self.noise <= 0:
             return images
-        sigma = draws.half_normal(self.noise_std, [1, 1, 1])
-        sigma = torch.where(draws.gate(self.noise * p, [1, 1, 1]), sigma, torch.zeros_like(sigma))
+        sigma = draws.gated(draws.half_normal(self.noise_std, [1, 1, 1]), _threshold(p, self.noise), 0, [1, 1, 1])
         return images + torch.randn_like(images) * sigma.to(images.dtype)
 
-    def _cutout(self, images: torch.Tensor, draws: _Draws, p: float) -> torch.Tensor:
-        """Zero a rectangle of cutout_size × the image size, centre uniform in the image."""
+    def _cutout(self, images: torch.Tensor, draws: _Draws, p: torch.Tensor) -> torch.Tensor:
+        """Zero a rectangle of cutout_size × the image size, centre uniform in the image.
+
+        Draws the gate first, then the centre (upstream's order for this op).
+        """
         if self.cutout <= 0:
             return images
         _, _, height, width = images.shape
-        gate = draws.gate(self.cutout * p, [1, 1])  # [B, 1, 1]
+        gate = draws.gate(_threshold(p, self.cutout), [1, 1])  # [B, 1, 1]
         size = gate.to(torch.float32) * self.cutout_size  # 0 where not applied
-        centre = draws.uniform(0, 1, [2, 1, 1])  # [B, 2, 1, 1]
+        centre = draws.unit([2, 1, 1])  # [B, 2, 1, 1]
         xs = (torch.arange(width, device=draws.device) + 0.5) / width
         ys = (torch.arange(height, device=draws.device) + 0.5) / height
         keep_x = (xs[None, None, :] - centre[:, 0]).abs() >= size / 2  # [B, 1, W]

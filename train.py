@@ -15,20 +15,28 @@ Boolean flags take values (``--mirror=1``), as upstream. Run ``python train.py -
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import sys
-import tempfile
-from typing import Any, Optional
 
-import click
-import torch
+# Idle OpenMP threads sleep instead of spinning (a user's setting wins): on a busy CPU, spinning
+# threads made a tick 15-30x slower (bench/cpu_threads.py). Must precede importing torch.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-import dnnlib
-from dnnlib.util import UserError
-from training import config
-from training.options import GroupedCommand, click_options
+import json  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import traceback  # noqa: E402
+from typing import Any, Optional  # noqa: E402
+
+import click  # noqa: E402
+import torch  # noqa: E402
+
+import dnnlib  # noqa: E402
+from dnnlib.util import UserError  # noqa: E402
+from torch_utils import misc  # noqa: E402
+from training import config  # noqa: E402
+from training.options import GroupedCommand, click_options  # noqa: E402
 
 
 def next_run_dir(outdir: str, desc: str) -> str:
@@ -43,16 +51,23 @@ def next_run_dir(outdir: str, desc: str) -> str:
     return os.path.join(outdir, f'{cur_id:05d}-{desc}')
 
 
+def training_device(device: Optional[str], rank: int) -> torch.device:
+    """The rank's device: ``--device``, else its GPU when CUDA is present, else the CPU."""
+    if device:
+        return torch.device(device, rank) if device == 'cuda' else torch.device(device)
+    return torch.device('cuda', rank) if torch.cuda.is_available() else torch.device('cpu')
+
+
 def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
-    """One training process (rank). Logs to ``log.txt``; joins the process group when N > 1."""
-    from torch_utils import distributed
+    """One training process (rank). Logs to ``log.txt`` (stderr stays stderr); joins the process
+    group when N > 1; CPU processes share the cores (``misc.configure_cpu_threads``)."""
+    from torch_utils import distributed, misc
     from training import training_loop
     logger = dnnlib.util.Logger(file_name=os.path.join(args.run_dir, 'log.txt'), file_mode='a', should_flush=True)
     try:
-        if args.device:
-            device = torch.device(args.device, rank) if args.device == 'cuda' else torch.device(args.device)
-        else:
-            device = torch.device('cuda', rank) if torch.cuda.is_available() else torch.device('cpu')
+        device = training_device(args.device, rank)
+        if device.type == 'cpu':
+            misc.configure_cpu_threads(args.num_gpus)
         if args.num_gpus > 1:
             init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
             distributed.init_process_group(rank, args.num_gpus, device, init_method=f'file://{init_file}')
@@ -62,11 +77,35 @@ def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         raise SystemExit(1) from None
+    except Exception:  # a bug or a system error: the traceback goes to stderr and log.txt
+        traceback.print_exc()
+        raise SystemExit(1) from None
     finally:
         logger.close()
         if args.num_gpus > 1 and distributed.is_initialized():
             distributed.barrier()
             torch.distributed.destroy_process_group()
+
+
+def spawn_processes(args: dnnlib.EasyDict, temp_dir: str) -> None:
+    """``torch.multiprocessing.spawn`` of N ranks. Ctrl-C reaches every rank through the terminal's
+    process group; a SIGTERM sent to this parent (a scheduler) is passed on to every rank, which
+    then writes its final snapshot and exits as for Ctrl-C."""
+    context = torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=args.num_gpus, join=False)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for process in context.processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signum)
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}  # the ranks handle Ctrl-C
+    try:
+        while not context.join():
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def launch_training(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool) -> Optional[str]:
@@ -78,7 +117,15 @@ def launch_training(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool
     print(f'Output directory:   {args.run_dir}')
     print(f'Training data:      {args.training_set_kwargs.path}')
     print(f'Training duration:  {args.total_kimg} kimg')
-    print(f'Number of GPUs:     {args.num_gpus}')
+    device = training_device(args.device, 0)
+    if device.type == 'cuda':
+        print(f'Number of GPUs:     {args.num_gpus}')
+    else:
+        n = misc.cpu_threads_per_process(args.num_gpus)
+        threads = 'threads from OMP_NUM_THREADS' if os.environ.get('OMP_NUM_THREADS') else \
+            f'{n} thread{"s" if n > 1 else ""}{" each" if args.num_gpus > 1 else ""}'
+        procs = f'{args.num_gpus} CPU process{"es" if args.num_gpus > 1 else ""}'
+        print(f'Number of GPUs:     none: {procs}, {threads}')
     print(f'Number of images:   {args.training_set_kwargs.max_size}')
     print(f'Image resolution:   {args.training_set_kwargs.resolution}')
     print(f'Conditional model:  {args.training_set_kwargs.use_labels}')
@@ -95,7 +142,7 @@ def launch_training(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool
         if args.num_gpus == 1:
             subprocess_fn(rank=0, args=args, temp_dir=temp_dir)
         else:
-            torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=args.num_gpus)
+            spawn_processes(args, temp_dir)
     return args.run_dir
 
 

@@ -188,16 +188,72 @@ def make_cache_dir_path(*paths: str) -> str:
     return os.path.join(base, 'degan', *paths)
 
 
+class _TeeStream:
+    """One console stream (stdout or stderr) copied into the log file.
+
+    The console may go away while the run goes on — ``python train.py | tee log`` and Ctrl-C
+    kills ``tee`` first, an ssh session drops: the first failed console write (broken pipe,
+    closed terminal) turns the console off for the rest of the process and points its file
+    descriptor at ``os.devnull`` (so that Python's own flush at exit cannot fail either); the
+    log file keeps everything."""
+
+    def __init__(self, logger: 'Logger', console: Any):
+        self.logger = logger
+        self.console: Optional[Any] = console
+
+    def write(self, text: str) -> int:
+        if not text:
+            return 0
+        self.logger.write_file(text)
+        if self.console is not None:
+            try:
+                self.console.write(text)
+                if self.logger.should_flush:
+                    self.console.flush()
+            except (OSError, ValueError):  # BrokenPipeError, EIO of a closed terminal, a closed stream
+                self.detach_console()
+        return len(text)
+
+    def flush(self) -> None:
+        self.logger.flush_file()
+        if self.console is not None:
+            try:
+                self.console.flush()
+            except (OSError, ValueError):
+                self.detach_console()
+
+    def detach_console(self) -> None:
+        console, self.console = self.console, None
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, console.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        if self.console is None:
+            raise OSError('the console of this stream is gone')
+        return self.console.fileno()
+
+
 class Logger:
-    """Tee everything written to stdout/stderr into a log file (``log.txt`` of a run)."""
+    """Tee stdout and stderr into a log file (``log.txt`` of a run); stderr stays stderr.
+
+    A console that goes away (a broken pipe) never stops the program: see :class:`_TeeStream`."""
 
     def __init__(self, file_name: Optional[str] = None, file_mode: str = 'a', should_flush: bool = True):
         self.file = open(file_name, file_mode, encoding='utf-8') if file_name else None
         self.should_flush = should_flush
         self.stdout = sys.stdout
         self.stderr = sys.stderr
-        sys.stdout = self  # type: ignore[assignment]
-        sys.stderr = self  # type: ignore[assignment]
+        self.out_stream = _TeeStream(self, self.stdout)
+        self.err_stream = _TeeStream(self, self.stderr)
+        sys.stdout = self.out_stream  # type: ignore[assignment]
+        sys.stderr = self.err_stream  # type: ignore[assignment]
 
     def __enter__(self) -> 'Logger':
         return self
@@ -206,27 +262,31 @@ class Logger:
         self.close()
 
     def write(self, text: str) -> None:
-        if not text:
-            return
+        """Write to the log file and stdout."""
+        self.out_stream.write(text)
+
+    def write_file(self, text: str) -> None:
         if self.file is not None:
             self.file.write(text)
-        self.stdout.write(text)
-        if self.should_flush:
-            self.flush()
+            if self.should_flush:
+                self.file.flush()
 
-    def flush(self) -> None:
+    def flush_file(self) -> None:
         if self.file is not None:
             self.file.flush()
-        self.stdout.flush()
+
+    def flush(self) -> None:
+        self.out_stream.flush()
+        self.err_stream.flush()
 
     def isatty(self) -> bool:
         return False
 
     def close(self) -> None:
         self.flush()
-        if sys.stdout is self:
+        if sys.stdout is self.out_stream:
             sys.stdout = self.stdout
-        if sys.stderr is self:
+        if sys.stderr is self.err_stream:
             sys.stderr = self.stderr
         if self.file is not None:
             self.file.close()

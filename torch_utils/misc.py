@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
@@ -248,3 +249,38 @@ def check_finite(name: str, value: torch.Tensor, hint: str = '') -> None:
 class NonFiniteError(util.UserError):
     """A loss or statistic became NaN/inf: training stops instead of continuing on garbage."""
 
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU threads.
+
+#: Set in the environment by every CLI before torch is imported (``os.environ.setdefault``):
+#: idle OpenMP threads sleep instead of spinning. On a busy CPU, spinning threads of one job
+#: take the cores another needs and both crawl (bench/cpu_threads.py).
+OMP_WAIT_POLICY = 'PASSIVE'
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; all cores where unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cpu_threads_per_process(num_processes: int) -> int:
+    """The usable cores split evenly between ``num_processes`` processes of one job (at least 1)."""
+    return max(1, usable_cores() // max(num_processes, 1))
+
+
+def configure_cpu_threads(num_processes: int) -> Optional[int]:
+    """torch's intra-op threads for one of ``num_processes`` CPU processes sharing this machine.
+
+    A user's ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` always wins (nothing is changed; None is
+    returned); otherwise N processes get cores/N threads each instead of N × all cores."""
+    if os.environ.get('OMP_NUM_THREADS') or os.environ.get('MKL_NUM_THREADS'):
+        return None
+    threads = cpu_threads_per_process(num_processes)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads

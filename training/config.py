@@ -24,6 +24,8 @@ from dnnlib.util import UserError
 from training.dataset import image_folder_kwargs, reference_dataset_kwargs, require_existing_paths
 from training.method_options import METHOD_GROUPS, ATopkOptions, AugmentOptions, ChainOptions
 from training.options import OptionGroup, flag, flag_name, group_fields
+from training import resume_check, snapshot_io
+from training.resume_check import DataFacts
 
 
 @dataclasses.dataclass
@@ -63,6 +65,9 @@ class CommonOptions(OptionGroup):
     resume: Optional[str] = flag(
         None, 'Resume from a degan snapshot (.pt: continues exactly), or start from the weights of an official '
         'network pickle (.pkl: transfer)', metavar='PATH')
+    fresh_methods: bool = flag(False, 'With --resume: start the methods on which the flags and the snapshot disagree '
+                                      '(ATop-k, ADA, CHAIN, augmentation) fresh instead of stopping', type=bool,
+                               metavar='BOOL')
     grid: Optional[str] = flag(None, 'Snapshot image grid, columns x rows', metavar='WxH',
                                show_default='upstream on GPU, 8x8 on CPU')
     workers: int = flag(3, 'DataLoader workers (capped at cores - 1)', type=click.IntRange(0))
@@ -164,10 +169,12 @@ def build_training_args(opts: TrainOptions) -> tuple[str, dnnlib.EasyDict]:
                            ops_impl=common.ops, backbone=backbone.name)
     args.metrics = ['fid50k_full'] if common.metrics is None else list(common.metrics)
     args.metric_kwargs = _metric_kwargs(common, args.metrics)
-    desc, resolution, dataset_size = _dataset_config(common, args)
+    desc, facts, dataset_size = _dataset_config(common, args)
+    resolution = facts.resolution
     args.chain_kwargs = opts.chain.layer_kwargs()
 
-    resume_desc, transfer = _resume_config(common, args)
+    resume_desc, resumed = _resume_config(common, args)
+    transfer = resumed is not None and snapshot_io.is_transfer(resumed)
     configured = backbone.configure(ConfigContext(
         options=opts.backbone, cfg=common.cfg, gpus=common.gpus, resolution=resolution, kimg=common.kimg,
         batch=common.batch, glr=common.glr, dlr=common.dlr, chain=args.chain_kwargs, dataset_size=dataset_size,
@@ -186,18 +193,23 @@ def build_training_args(opts: TrainOptions) -> tuple[str, dnnlib.EasyDict]:
     _performance_config(common, args)
     desc += opts.atopk.configure(args, opts.augment.mode, common.seed)
     desc += opts.chain.describe()
+    if resumed is not None:
+        _check_resume(common, args, resumed, facts, transfer)
+    elif common.fresh_methods:
+        raise UserError('--fresh-methods=1 applies to --resume only')
     return desc, args
 
 
-def _dataset_config(common: CommonOptions, args: dnnlib.EasyDict) -> tuple[str, int, int]:
-    """--data, --cond, --subset, --mirror, --workers → ``training_set_kwargs``; (run name, resolution,
-    number of images used)."""
+def _dataset_config(common: CommonOptions, args: dnnlib.EasyDict) -> tuple[str, DataFacts, int]:
+    """--data, --cond, --subset, --mirror, --workers → ``training_set_kwargs``; (run name, the
+    dataset's shape facts, number of images used)."""
     if not common.data:
         raise UserError('--data is required: a folder or zip of images, or "builtin"')
     args.training_set_kwargs, training_set = open_training_set(common.data)
     desc = training_set.name
     dataset_size = len(training_set)
-    resolution = training_set.resolution
+    facts = DataFacts(path=common.data, resolution=training_set.resolution, channels=training_set.num_channels,
+                      label_dim=training_set.label_dim if common.cond else 0)
     del training_set
     args.data_loader_kwargs = data_loader_kwargs(common.workers)
     if common.cond:
@@ -217,7 +229,7 @@ def _dataset_config(common: CommonOptions, args: dnnlib.EasyDict) -> tuple[str, 
     if common.mirror:
         desc += '-mirror'
         args.training_set_kwargs.xflip = True
-    return desc, resolution, dataset_size
+    return desc, facts, dataset_size
 
 
 def data_loader_kwargs(workers: int) -> dnnlib.EasyDict:
@@ -245,29 +257,42 @@ def _metric_kwargs(common: CommonOptions, metrics: list[str]) -> dnnlib.EasyDict
     return kwargs
 
 
-def _resume_config(common: CommonOptions, args: dnnlib.EasyDict) -> tuple[str, bool]:
-    """--resume → ``resume_pkl``; (run-name part, whether it is a transfer).
+def _resume_config(common: CommonOptions, args: dnnlib.EasyDict) -> tuple[str, Optional[dict[str, Any]]]:
+    """--resume → ``resume_pkl``; (run-name part, the snapshot read memory-mapped or None).
 
-    The file is read now, so a bad one is an error before the run starts. A weights-only file
-    (an official ``.pkl``, a converted checkpoint) is a transfer: the run starts at kimg 0 with
-    fresh optimisers and, as upstream's resume, ADA's p moves 0 → 1 in 100 kimg
+    The file is read now, so a bad one is an error before the run directory exists. A
+    weights-only file (an official ``.pkl``, a converted checkpoint) is a transfer: the run starts
+    at kimg 0 with fresh optimisers and, as upstream's resume, ADA's p moves 0 → 1 in 100 kimg
     (``ada_kimg=100``) and G_ema has no ramp-up. A degan snapshot with its training state
-    continues exactly, with the flags it was started with.
+    continues exactly, with the flags it was started with (:func:`_check_resume`).
     """
     if common.resume is None:
-        return '', False
+        return '', None
     if common.resume == 'noresume':
-        return '-noresume', False
+        return '-noresume', None
     if common.resume.startswith(('http://', 'https://')) or common.resume in (
             'ffhq256', 'ffhq512', 'ffhq1024', 'celebahq256', 'lsundog256'):
         raise UserError(f'--resume={common.resume}: degan never downloads; pass the path of a degan snapshot (.pt) '
                         'or of a network pickle (.pkl) you downloaded')
-    from training import snapshot_io
-    transfer = snapshot_io.is_transfer(snapshot_io.read(common.resume, mmap=True))  # checked now, loaded later
+    data = snapshot_io.read(common.resume, mmap=True)  # checked now, loaded by the loop
     args.resume_pkl = common.resume
-    if transfer:
+    if snapshot_io.is_transfer(data):
         args.ada_kimg = 100
-    return '-resumecustom', transfer
+    return '-resumecustom', data
+
+
+def _check_resume(common: CommonOptions, args: dnnlib.EasyDict, data: dict[str, Any], facts: DataFacts,
+                  transfer: bool) -> None:
+    """The snapshot agrees with --data, is not finished and has the flags' methods
+    (training/resume_check.py); accepted method differences go to the loop as ``resume_fresh_methods``."""
+    resume_check.check_dataset(common.resume, data, facts)
+    if transfer:
+        return
+    resume_check.check_not_finished(common.resume, data, args.total_kimg)
+    differences = resume_check.check_methods(common.resume, data, args, common.fresh_methods)
+    if differences:
+        args.resume_fresh_methods = True
+        print('Note: --fresh-methods=1: ' + '; '.join(differences) + ' — those methods start fresh.')
 
 
 def _performance_config(common: CommonOptions, args: dnnlib.EasyDict) -> None:

@@ -48,6 +48,20 @@ def status_fields(state: dnnlib.EasyDict, start_time: float, tick_start_time: fl
     return fields + controller_fields
 
 
+def progress_fields(state: dnnlib.EasyDict, kimg_per_tick: float, total_kimg: float, tick_start_time: float,
+                    now: float) -> list[str]:
+    """A progress line inside a long tick: where the tick stands and when it and the run end
+    (estimated from this tick's speed so far). Printed only, never reported as statistics."""
+    done_kimg = (state.cur_nimg - state.tick_start_nimg) / 1000
+    sec_per_kimg = (now - tick_start_time) / max(done_kimg, 1e-8)
+    tick_end_kimg = min(state.tick_start_nimg / 1000 + kimg_per_tick, total_kimg)
+    tick_left = max(tick_end_kimg - state.cur_nimg / 1000, 0) * sec_per_kimg
+    run_left = max(total_kimg - state.cur_nimg / 1000, 0) * sec_per_kimg
+    return [f'  ... tick {state.cur_tick}', f'kimg {state.cur_nimg / 1000:.3f} of {tick_end_kimg:g}',
+            f'sec/kimg {sec_per_kimg:.1f}', f'tick ends in {util.format_time(tick_left)}',
+            f'run ends in {util.format_time(run_left)}']
+
+
 class StatsWriter:
     """``stats.jsonl`` lines ({name: {num, mean, std}, ..., timestamp}) and optional TensorBoard."""
 

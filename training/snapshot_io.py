@@ -37,6 +37,7 @@ import torch.distributed as dist
 import backbones
 from dnnlib import util
 from torch_utils import distributed, misc, persistence, safe_pickle
+from training.resume_check import differ_only_in_methods
 
 VERSION = 2
 OFFICIAL_SOURCE = 'official-pickle'  # ``source`` of a snapshot converted from an official pickle
@@ -132,8 +133,13 @@ def read_official(source: str | BinaryIO, name: Optional[str] = None) -> dict[st
 
 def restore(path: str, *, modules: dict[str, Optional[torch.nn.Module]], optional_modules: frozenset[str],
             optimizers: dict[str, torch.optim.Optimizer], states: dict[str, Any], backbone: str,
-            rank: int, num_gpus: int) -> Optional[dict[str, Any]]:
+            rank: int, num_gpus: int, fresh_methods: bool = False) -> Optional[dict[str, Any]]:
     """Load every module (strictly) and, when present, the training state.
+
+    ``fresh_methods`` (``--fresh-methods=1``, training/resume_check.py): a network that differs
+    from the snapshot's only in a method's constructor arguments (CHAIN's layers, buffers only)
+    loads its weights; the method's buffers it lacks keep their initial values and those only
+    the snapshot has are left out, both listed.
 
     Returns None for a weights-only snapshot (transfer learning: see :func:`is_transfer`), else
     the counters plus ``rng``: this rank's RNG states, which the caller restores at the very end
@@ -156,7 +162,9 @@ def restore(path: str, *, modules: dict[str, Optional[torch.nn.Module]], optiona
             if name in optional_modules:
                 continue
             raise util.UserError(f'{path}: the snapshot holds no "{name}"')
-        _load_weights(path, name, record, module, allow_missing_buffers=transfer, verbose=rank == 0)
+        method_only = fresh_methods and _differ_only_in_methods(record, module)
+        _load_weights(path, name, record, module, allow_missing_buffers=transfer or method_only,
+                      allow_unexpected=method_only, verbose=rank == 0)
 
     training_state = data.get('training_state')
     if training_state is None:
@@ -193,10 +201,16 @@ def is_transfer(data: dict[str, Any]) -> bool:
     return data.get('training_state') is None
 
 
+def _differ_only_in_methods(record: dict, module: torch.nn.Module) -> bool:
+    saved = util.to_jsonable(record.get('init_kwargs') or {})
+    return differ_only_in_methods(saved, util.to_jsonable(getattr(module, 'init_kwargs', {})))
+
+
 def _load_weights(path: str, name: str, record: dict, module: torch.nn.Module, *,
-                  allow_missing_buffers: bool = False, verbose: bool = True) -> None:
+                  allow_missing_buffers: bool = False, allow_unexpected: bool = False, verbose: bool = True) -> None:
     """Load strictly; for a transfer, buffers the file lacks (e.g. CHAIN's statistics on an official
-    D) keep their initial values and are listed."""
+    D) keep their initial values and are listed; ``allow_unexpected`` leaves out (and lists) what
+    only the file has."""
     try:
         missing, unexpected = module.load_state_dict(record['state_dict'], strict=False)
     except RuntimeError as e:
@@ -206,6 +220,11 @@ def _load_weights(path: str, name: str, record: dict, module: torch.nn.Module, *
                              f'method flags as the run that wrote it.') from None
     buffers = {n for n, _ in module.named_buffers()}
     fatal_missing = [n for n in missing if not (allow_missing_buffers and n in buffers)]
+    if unexpected and allow_unexpected:
+        if verbose:
+            print(f'Note: "{name}" state in {os.path.basename(path)} that this run does not use is left out: '
+                  f'{util.format_names(unexpected)}')
+        unexpected = []
     if fatal_missing or unexpected:
         raise util.UserError(f'{path}: "{name}" does not match this run\'s network configuration (missing '
                              f'{util.format_names(fatal_missing)}; unexpected {util.format_names(unexpected)}). '

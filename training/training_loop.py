@@ -36,6 +36,9 @@ from training import controllers as controllers_lib
 from training import image_grid, reporting, snapshot_io
 from training.phases import Phase, average_gradients
 
+#: Within a tick, a progress line at most this often (seconds).
+PROGRESS_SECONDS = 60.0
+
 
 def make_data_iterator(training_set: Any, rank: int, num_gpus: int, seed: int, start_index: int,
                        batch_per_gpu: int, data_loader_kwargs: dict):
@@ -43,6 +46,8 @@ def make_data_iterator(training_set: Any, rank: int, num_gpus: int, seed: int, s
     sampler = misc.InfiniteSampler(dataset=training_set, rank=rank, num_replicas=num_gpus, seed=seed,
                                    start_index=start_index)
     generator = torch.Generator().manual_seed(seed)  # keeps the global RNG untouched by the loader
+    if data_loader_kwargs.get('num_workers', 0) > 0:
+        data_loader_kwargs = dict(data_loader_kwargs, worker_init_fn=ignore_stop_signals)
     loader = torch.utils.data.DataLoader(dataset=training_set, sampler=sampler, batch_size=batch_per_gpu,
                                          generator=generator, **data_loader_kwargs)
     return iter(loader)
@@ -68,29 +73,50 @@ def draw_generator_inputs(training_set: Any, num_phases: int, batch_size: int, b
     return all_gen_z, all_gen_c
 
 
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C and SIGTERM reach the whole process group, loader
+    workers too; only the training process acts on them (a worker that died of SIGINT would make
+    the iteration being finished fail instead of ending with a snapshot)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class StopRequest:
-    """Ctrl-C handling: the first SIGINT asks for a clean stop after the current iteration."""
+    """Ctrl-C and SIGTERM: a clean stop after the current iteration, with a final snapshot.
+
+    The first SIGINT (Ctrl-C) or SIGTERM (what a cluster scheduler sends before it preempts a
+    job) asks to stop; every rank stops at the same iteration (:meth:`agreed`), the final
+    snapshot is written, the process exits 0. A second Ctrl-C aborts at once; further SIGTERMs
+    are ignored, so the snapshot in progress is finished."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.signal_name: Optional[str] = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> 'StopRequest':
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not in the main thread
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not in the main thread
+                pass
         return self
 
-    def _handle(self, _signum: int, _frame: Any) -> None:
+    def _handle(self, signum: int, _frame: Any) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = True
-        print('\nInterrupted: finishing this iteration and writing a final snapshot (Ctrl-C again to abort).', flush=True)
+        self.signal_name = signal.Signals(signum).name
+        again = ' (Ctrl-C again to abort)' if signum == signal.SIGINT else ''
+        print(f'\n{self.signal_name}: finishing this iteration and writing a final snapshot{again}.', flush=True)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
     def agreed(self, device: torch.device) -> bool:
         """Whether any rank asked to stop (all ranks must stop at the same iteration)."""
@@ -131,6 +157,7 @@ def training_loop(
     network_snapshot_ticks: Optional[int] = 50,  # Snapshot interval (ticks), None = off.
     grid_size: Optional[tuple[int, int]] = None,  # Image grid (columns, rows); None = default.
     resume_pkl: Optional[str] = None,            # Snapshot to resume from.
+    resume_fresh_methods: bool = False,          # Methods the snapshot and the flags disagree on start fresh.
     cudnn_benchmark: bool = True,                # torch.backends.cudnn.benchmark.
     allow_tf32: bool = False,                    # TF32 in matmul and convolutions.
     device: Optional[str] = None,                # 'cpu', 'cuda' (the rank's GPU) or None = auto.
@@ -228,14 +255,15 @@ class _Run:
         resumed = snapshot_io.restore(
             self.o.resume_pkl, modules=self.setup.modules, optional_modules=self.setup.optional_modules,
             optimizers=self.setup.optimizers, states=self._named_states(), backbone=self.backbone.name,
-            rank=self.o.rank, num_gpus=self.o.num_gpus)
+            rank=self.o.rank, num_gpus=self.o.num_gpus, fresh_methods=self.o.resume_fresh_methods)
         self.last_snapshot = self.o.resume_pkl
         if resumed is None:
             self.log('Transfer: the file holds weights only; kimg, optimisers and controllers start fresh.')
             return None
         rng = resumed.pop('rng')
         self.state.update(resumed)
-        self.log(f'Continuing exactly at kimg {self.state.cur_nimg / 1000:.1f}, tick {self.state.cur_tick}')
+        how = 'with the differing methods fresh' if self.o.resume_fresh_methods else 'exactly'
+        self.log(f'Continuing {how} at kimg {self.state.cur_nimg / 1000:.1f}, tick {self.state.cur_tick}')
         return rng
 
     def _export_initial_grids(self) -> None:
@@ -323,19 +351,10 @@ class _Run:
             o.progress_fn(state.cur_nimg // 1000, int(o.total_kimg))
 
         stop_reason = 'done'
-        with StopRequest() as stop:
-            while True:
-                self.iteration()
-                done = state.cur_nimg >= o.total_kimg * 1000
-                if stop.agreed(self.dev):
-                    done, stop_reason = True, 'interrupted'
-                if o.abort_fn is not None and o.abort_fn():
-                    done, stop_reason = True, 'aborted'
-                if not done and state.cur_tick != 0 and state.cur_nimg < state.tick_start_nimg + o.kimg_per_tick * 1000:
-                    continue
-                self.tick(done)
-                if done:
-                    break
+        if state.cur_nimg >= o.total_kimg * 1000:  # a finished run resumed: not one iteration more
+            self.log(f'Nothing to train: the run is at kimg {state.cur_nimg / 1000:g}, --kimg={o.total_kimg:g}.')
+        else:
+            stop_reason = self._loop()
 
         if self.writer is not None:
             self.writer.close()
@@ -345,7 +364,37 @@ class _Run:
         return dict(modules, cur_nimg=state.cur_nimg, last_snapshot=self.last_snapshot, stop_reason=stop_reason,
                     modules=modules)
 
-    def tick(self, done: bool) -> None:
+    def _loop(self) -> str:
+        """Iterate until --kimg, a stop signal or ``abort_fn``; returns the stop reason."""
+        o, state = self.o, self.state
+        stop_reason = 'done'
+        self.last_progress_time = time.time()
+        with StopRequest() as stop:
+            while True:
+                self.iteration()
+                done = state.cur_nimg >= o.total_kimg * 1000
+                if stop.agreed(self.dev):
+                    done, stop_reason = True, 'terminated' if stop.signal_name == 'SIGTERM' else 'interrupted'
+                if o.abort_fn is not None and o.abort_fn():
+                    done, stop_reason = True, 'aborted'
+                if not done and state.cur_tick != 0 and state.cur_nimg < state.tick_start_nimg + o.kimg_per_tick * 1000:
+                    self._report_progress()
+                    continue
+                self.tick(done, run_metrics=stop_reason in ('done', 'aborted'))
+                if done:
+                    return stop_reason
+
+    def _report_progress(self) -> None:
+        """Within a long tick, a progress line at most every PROGRESS_SECONDS (a slow run is never
+        silent for minutes)."""
+        now = time.time()
+        if self.o.rank != 0 or now - self.last_progress_time < PROGRESS_SECONDS:
+            return
+        self.last_progress_time = now
+        self.log(' '.join(reporting.progress_fields(self.state, self.o.kimg_per_tick, self.o.total_kimg,
+                                                    self.tick_start_time, now)))
+
+    def tick(self, done: bool, run_metrics: bool = True) -> None:
         """Tick maintenance: status line, image grid, snapshot + metrics, statistics."""
         o, state = self.o, self.state
         tick_end_time = time.time()
@@ -360,7 +409,7 @@ class _Run:
         if o.rank == 0 and o.image_snapshot_ticks is not None and (done or state.cur_tick % o.image_snapshot_ticks == 0):
             self._save_fakes(self._unique_name('fakes', '.png'))
         if o.network_snapshot_ticks is not None and (done or state.cur_tick % o.network_snapshot_ticks == 0):
-            self._snapshot()
+            self._snapshot(run_metrics)
 
         self.stats_collector.update()
         stats = self.stats_collector.as_dict()
@@ -388,11 +437,15 @@ class _Run:
         self.written_names.add(name)
         return name
 
-    def _snapshot(self) -> None:
+    def _snapshot(self, run_metrics: bool = True) -> None:
         o = self.o
         path = os.path.join(o.run_dir, self._unique_name('network-snapshot-', '.pt'))
         snapshot_io.save(path, backbone=self.backbone.name, training_set_kwargs=o.training_set_kwargs,
                          modules=self.setup.modules, optimizers=self.setup.optimizers, states=self._named_states(),
                          counters=self.state, rank=o.rank, num_gpus=o.num_gpus)
         self.last_snapshot = path
-        self.metric_runner.run(self.backbone.sampler(self.setup.G_ema, noise_mode='random'), path)
+        if run_metrics:
+            self.metric_runner.run(self.backbone.sampler(self.setup.G_ema, noise_mode='random'), path)
+        elif o.metrics:
+            self.log(f'Metrics skipped for this final snapshot (the run was stopped); evaluate it with '
+                     f'calc_metrics.py --network={path}')

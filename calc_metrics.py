@@ -48,7 +48,7 @@ import torch  # noqa: E402
 import dnnlib  # noqa: E402
 from dnnlib.util import UserError  # noqa: E402
 from metrics import metric_main, metric_utils  # noqa: E402
-from torch_utils import distributed  # noqa: E402
+from torch_utils import distributed, misc  # noqa: E402
 from training import snapshot_io  # noqa: E402
 from training.dataset import (IMAGE_FILES_CLASS, IMAGE_FOLDER_CLASS, image_files_kwargs,  # noqa: E402
                               image_folder_kwargs, reference_dataset_kwargs, require_existing_paths)
@@ -65,22 +65,13 @@ def pick_device(name: str, rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def cpu_threads_per_process(num_processes: int) -> int:
-    """Split the CPU cores this process may use evenly between the metric processes."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(num_processes, 1))
-
-
 def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
     """One metric process: join the process group, load G, evaluate and report every metric."""
     from torch_utils.ops import _impl
     _impl.set_default_impl(args.ops)
     device = pick_device(args.device, rank)
     if device.type == 'cpu' and args.num_gpus > 1:
-        torch.set_num_threads(cpu_threads_per_process(args.num_gpus))  # the processes share the cores
+        misc.configure_cpu_threads(args.num_gpus)  # the processes share the cores
     if args.num_gpus > 1:
         init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
         distributed.init_process_group(rank, args.num_gpus, device, init_method=f'file://{init_file}')

@@ -8,6 +8,7 @@ code is written from scratch. There is deliberately no ``open_url``: degan never
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import json
 import os
@@ -146,7 +147,8 @@ def atomic_path(path: str, suffix: str = '') -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path`` atomically.
 
     On an exception the temporary file is removed and ``path`` is left untouched, so a crash
-    never leaves a half-written file under the final name.
+    never leaves a half-written file under the final name. A full disk is an ``OSError`` whose
+    ``filename`` is ``path``.
     """
     directory = os.path.dirname(os.path.abspath(path)) or '.'
     os.makedirs(directory, exist_ok=True)
@@ -158,9 +160,36 @@ def atomic_path(path: str, suffix: str = '') -> Iterator[str]:
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if is_disk_full(e):  # name the file the user knows, not the hidden temporary
+            raise OSError(e.errno, e.strerror, path) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+#: ``errno`` values of a write that failed for want of space: no space left, quota exceeded.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a write refused for want of space (``ENOSPC``, ``EDQUOT``)."""
+    return isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS
+
+
+@contextlib.contextmanager
+def disk_full_is_a_user_error(path: str, consequence: Callable[[], str]) -> Iterator[None]:
+    """Turn a disk-full ``OSError`` raised inside the block into a one-line :class:`UserError` that
+    names the file (the error's ``filename``, else ``path``) and says what it means for the user
+    (``consequence()``, asked when the error happens: which earlier file is intact, how to go on).
+    Other errors pass through unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        raise UserError(f'disk full: could not write {e.filename or path} ({e.strerror}). {consequence()}') from None
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -7,6 +7,8 @@ iteration on 2 CPU cores); the signal tests start train.py as a user would.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import signal
@@ -163,6 +165,52 @@ def test_errors_inside_the_training_process_go_to_stderr_and_the_log(tmp_path, m
     captured = capsys.readouterr()
     assert expected in captured.err and expected not in captured.out
     assert expected in open(tmp_path / 'log.txt').read()
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk.
+
+
+def _fill_the_disk_at_call(n: int, real: callable):
+    """A stand-in for ``real`` (a writer taking the file as its second argument) whose ``n``-th
+    call writes a little and then fails as a full disk does."""
+    calls = []
+
+    def write(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) < n:
+            return real(obj, f, *args, **kwargs)
+        with (open(f, 'wb') if isinstance(f, (str, os.PathLike)) else contextlib.nullcontext(f)) as out:
+            out.write(b'PK\x03\x04 half a snapshot')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return write
+
+
+def test_a_full_disk_during_a_snapshot_is_one_line_and_the_previous_snapshot_stays(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, 'save', _fill_the_disk_at_call(2, torch.save))
+    with pytest.raises(UserError) as info:
+        run(tiny_args(tmp_path, kimg=0.024), tmp_path / 'run')
+    message = str(info.value)
+    previous = str(tmp_path / 'run' / 'network-snapshot-000000.pt')
+    failed = str(tmp_path / 'run' / 'network-snapshot-000000_012.pt')
+    assert '\n' not in message and message.startswith(f'disk full: could not write {failed} (No space left')
+    assert f'The previous snapshot {previous} is intact' in message and f'--resume={previous}' in message
+    names = os.listdir(tmp_path / 'run')
+    assert os.path.basename(failed) not in names and not [name for name in names if name.endswith('.tmp')]
+    assert persistence.load_snapshot(previous)['training_state']['cur_nimg'] == 4
+
+
+def test_a_full_disk_while_appending_statistics_names_stats_jsonl(tmp_path, monkeypatch):
+    from training import reporting
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(reporting.StatsWriter, 'write', full)
+    with pytest.raises(UserError) as info:
+        run(tiny_args(tmp_path, kimg=0.024), tmp_path / 'run')
+    snapshot = tmp_path / 'run' / 'network-snapshot-000000.pt'
+    assert str(info.value).startswith(f'disk full: could not write {tmp_path / "run" / "stats.jsonl"}')
+    assert f'The previous snapshot {snapshot} is intact' in str(info.value) and snapshot.exists()
 
 
 # ---------------------------------------------------------------------------------------------

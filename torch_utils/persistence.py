@@ -122,7 +122,8 @@ def save_snapshot(data: dict[str, Any], path: str) -> None:
     data = dict(data)
     data.setdefault('format', SNAPSHOT_FORMAT)
     with util.atomic_path(path) as tmp:
-        torch.save(data, tmp)
+        with open(tmp, 'wb') as f:  # through a Python file, a full disk is OSError(ENOSPC), not a bare RuntimeError
+            torch.save(data, f)
 
 
 def _load_error_reason(error: Exception) -> str:

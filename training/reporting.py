@@ -66,7 +66,8 @@ class StatsWriter:
     """``stats.jsonl`` lines ({name: {num, mean, std}, ..., timestamp}) and optional TensorBoard."""
 
     def __init__(self, run_dir: str):
-        self.stats_jsonl = open(os.path.join(run_dir, 'stats.jsonl'), 'at', encoding='utf-8')
+        self.path = os.path.join(run_dir, 'stats.jsonl')
+        self.stats_jsonl = open(self.path, 'at', encoding='utf-8')
         self.tfevents = None
         try:
             from torch.utils.tensorboard import SummaryWriter  # optional dependency

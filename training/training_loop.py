@@ -406,6 +406,19 @@ class _Run:
         self.log(' '.join(fields))
         if self.dev.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(self.dev)
+        with dnnlib.util.disk_full_is_a_user_error(o.run_dir, self._disk_full_advice):
+            self._write_tick_files(done, run_metrics)
+        if o.progress_fn is not None:
+            o.progress_fn(state.cur_nimg // 1000, int(o.total_kimg))
+
+        state.cur_tick += 1
+        state.tick_start_nimg = state.cur_nimg
+        self.tick_start_time = time.time()
+        self.maintenance_time = self.tick_start_time - tick_end_time
+
+    def _write_tick_files(self, done: bool, run_metrics: bool) -> None:
+        """The tick's files: image grid, snapshot + metrics, stats.jsonl, the controllers' traces."""
+        o, state = self.o, self.state
         if o.rank == 0 and o.image_snapshot_ticks is not None and (done or state.cur_tick % o.image_snapshot_ticks == 0):
             self._save_fakes(self._unique_name('fakes', '.png'))
         if o.network_snapshot_ticks is not None and (done or state.cur_tick % o.network_snapshot_ticks == 0):
@@ -415,15 +428,17 @@ class _Run:
         stats = self.stats_collector.as_dict()
         self.ctl.add_derived_stats(stats)
         if self.writer is not None:
-            self.writer.write(stats, state.cur_nimg, self.metric_runner.take_results())
+            with dnnlib.util.disk_full_is_a_user_error(self.writer.path, self._disk_full_advice):
+                self.writer.write(stats, state.cur_nimg, self.metric_runner.take_results())
         self.ctl.flush(o.run_dir if o.rank == 0 else None)
-        if o.progress_fn is not None:
-            o.progress_fn(state.cur_nimg // 1000, int(o.total_kimg))
 
-        state.cur_tick += 1
-        state.tick_start_nimg = state.cur_nimg
-        self.tick_start_time = time.time()
-        self.maintenance_time = self.tick_start_time - tick_end_time
+    def _disk_full_advice(self) -> str:
+        """What a full disk during this tick's writes means: the snapshot to go on from (snapshots
+        are written atomically, so the previous one is whole)."""
+        if self.last_snapshot is None:
+            return 'No snapshot of this run had been written yet; free some space and start the run again.'
+        return (f'The previous snapshot {self.last_snapshot} is intact; free some space and continue with '
+                f'--resume={self.last_snapshot}.')
 
     def _unique_name(self, stem: str, ext: str) -> str:
         """Upstream's ``<stem><kimg:06d><ext>`` (kimg rounded down); if this run already wrote that

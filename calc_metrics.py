@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import os
 
-# Idle OpenMP threads sleep instead of spinning: on a busy or shared CPU two spinning threads can
-# make the Inception forward 5x slower than one (bench/metrics_speed.py). Must precede torch.
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+import dnnlib.util  # imports no torch
+
+# Before torch is imported; a user's setting wins. On a busy or shared CPU two spinning threads
+# can make the Inception forward 5x slower than one (bench/metrics_speed.py).
+dnnlib.util.let_idle_openmp_threads_sleep()
 
 import copy  # noqa: E402
 import sys  # noqa: E402

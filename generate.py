@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 
-# Idle OpenMP threads sleep instead of spinning (a user's setting wins); must precede torch.
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+import dnnlib.util  # imports no torch
+
+dnnlib.util.let_idle_openmp_threads_sleep()  # before torch is imported; a user's setting wins
 
 import math  # noqa: E402
 import re  # noqa: E402

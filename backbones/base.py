@@ -14,6 +14,8 @@ up in :mod:`backbones`); they never name an architecture. A backbone supplies
                        phases and optimisers, EMA rule, named states and own controllers; CHAIN
                        layers are placed here (its D, its choice of layers)
 ``sampler``            how grids, metrics and ``generate.py`` draw images from G
+``snapshot_classes``   per module slot, the classes ``build`` puts there: the only ones a
+                       snapshot may name when ``generate.py`` / ``calc_metrics.py`` rebuild it
 ``print_summaries``    the module tables printed at start
 =====================  ========================================================================
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
-from typing import Any, ClassVar, Optional, Protocol
+from typing import Any, ClassVar, Mapping, Optional, Protocol
 
 import torch
 
@@ -140,6 +142,10 @@ class TrainingSetup:
         return {phase.opt_name: phase.opt for phase in self.phases}
 
 
+#: The D augmentation pipes a snapshot's ``augment_pipe`` slot may name (ADA, DiffAugment).
+AUGMENT_CLASSES = ('training.augment.AugmentPipe', 'training.diffaugment.DiffAugmentPipe')
+
+
 class Backbone(abc.ABC):
     """A GAN architecture as a plug-in (see the module docstring for the contract)."""
 
@@ -154,6 +160,10 @@ class Backbone(abc.ABC):
     #: Keep ``best_model.pt`` (+ ``best_nimg.txt``) beside the snapshots: the snapshot with the best
     #: primary metric so far (Projected GAN's convention, with fid50k_full its default metric).
     writes_best_model: ClassVar[bool] = False
+    #: The classes a snapshot's module record may name, per module slot (``G``, ``G_ema``, ``D``, …):
+    #: what ``build`` constructs there. ``snapshot_io.load_module`` refuses any other name, so a
+    #: file never chooses which class is built (issue 18 item 4).
+    snapshot_classes: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
     @abc.abstractmethod
     def configure(self, ctx: ConfigContext) -> BackboneConfig:

@@ -42,6 +42,51 @@ class UserError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
+# Process-wide switches.
+
+class GlobalSwitch:
+    """A process-wide on/off setting of a module (e.g. a reference-exact arithmetic path):
+    ``bool(switch)`` reads it, ``switch.set(enabled)`` changes it and returns the old value, and
+    ``with switch.scope(enabled):`` changes it for a block."""
+
+    def __init__(self, enabled: bool):
+        self._enabled = bool(enabled)
+
+    def __bool__(self) -> bool:
+        return self._enabled
+
+    def set(self, enabled: bool) -> bool:
+        old, self._enabled = self._enabled, bool(enabled)
+        return old
+
+    @contextlib.contextmanager
+    def scope(self, enabled: bool = True) -> Iterator[None]:
+        old = self.set(enabled)
+        try:
+            yield
+        finally:
+            self.set(old)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU threads (before torch is imported).
+
+#: What a user sets to choose how idle OpenMP threads wait; any of them means "leave it alone".
+OPENMP_WAIT_VARIABLES = ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME')
+
+
+def let_idle_openmp_threads_sleep() -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a wait behaviour (OPENMP_WAIT_VARIABLES).
+
+    Called by the CLIs before torch is imported (OpenMP reads it once). Spinning idle threads
+    take the cores another job needs: with a second job on 2 cores a training ran ~4x slower than
+    with sleeping threads; on a quiet machine sleeping threads cost ~40 % (bench/cpu_threads.py,
+    figures in the README's Performance section)."""
+    if not any(os.environ.get(name) for name in OPENMP_WAIT_VARIABLES):
+        os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
+
+
+# ---------------------------------------------------------------------------------------------
 # Formatting and parsing.
 
 def format_names(names: Sequence[str], limit: int = 8) -> str:

@@ -725,11 +725,11 @@ def test_reference_mode_switch():
     assert augment.set_reference_mode(True) is False
     assert augment.set_reference_mode(False) is True
     with augment.reference_mode():
-        assert augment._REFERENCE_MODE
+        assert bool(augment._REFERENCE_MODE)
         with augment.reference_mode(False):
-            assert not augment._REFERENCE_MODE
-        assert augment._REFERENCE_MODE
-    assert not augment._REFERENCE_MODE
+            assert not bool(augment._REFERENCE_MODE)
+        assert bool(augment._REFERENCE_MODE)
+    assert not bool(augment._REFERENCE_MODE)
 
 
 def test_reference_mode_p_zero_draws_and_resamples():

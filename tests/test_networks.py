@@ -530,7 +530,7 @@ def test_fast_demod_matches_reference_order():
     ws = G.mapping(torch.randn(4, 8), torch.randn(4, 3), skip_w_avg_update=True)
     with networks.fast_demod(False):
         exact = G.synthesis(ws, noise_mode='const')
-    assert networks._FAST_DEMOD
+    assert bool(networks._FAST_DEMOD)
     fast = G.synthesis(ws, noise_mode='const')
     assert (fast - exact).abs().max() <= 2e-6 * max(1.0, exact.abs().max().item())
     G.eval()

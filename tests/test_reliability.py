@@ -230,6 +230,17 @@ def test_clis_make_idle_openmp_threads_sleep_unless_the_user_chose():
         assert out.stdout.strip() == 'ACTIVE', (script, out.stderr[-500:])
 
 
+@pytest.mark.parametrize('chosen', [{}, {'OMP_WAIT_POLICY': 'ACTIVE'}, {'GOMP_SPINCOUNT': '10000'},
+                                    {'KMP_BLOCKTIME': '0'}])
+def test_the_openmp_wait_default_leaves_a_users_choice_alone(monkeypatch, chosen):
+    for name in dnnlib.util.OPENMP_WAIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in chosen.items():
+        monkeypatch.setenv(name, value)
+    dnnlib.util.let_idle_openmp_threads_sleep()
+    assert os.environ.get('OMP_WAIT_POLICY') == chosen.get('OMP_WAIT_POLICY', None if chosen else 'PASSIVE')
+
+
 def test_cpu_processes_split_the_cores(monkeypatch):
     previous = torch.get_num_threads()
     monkeypatch.setattr(misc, 'usable_cores', lambda: 8)
@@ -342,3 +353,49 @@ def test_long_ticks_print_progress_with_an_eta(tmp_path, monkeypatch, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('  ... tick 1')]
     assert lines, 'progress lines inside tick 1'
     assert all('of 0.016' in line and 'tick ends in' in line and 'run ends in' in line for line in lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# A file never chooses the class built in a slot.
+
+
+@pytest.mark.parametrize('slot, class_name', [
+    ('G_ema', 'training.networks.Discriminator'),   # a degan network, but not a generator
+    ('G_ema', 'training.augment.AugmentPipe'),
+    ('D', 'training.networks.Generator'),
+    ('G', 'training.training_loop.training_loop'),  # not a network at all
+])
+def test_a_module_record_naming_a_class_its_slot_does_not_hold_is_refused(tmp_path, atopk_snapshot, slot, class_name):
+    data = snapshot_io.read(atopk_snapshot)
+    source = {'training.networks.Discriminator': 'D', 'training.networks.Generator': 'G'}.get(class_name, 'G')
+    data['modules'][slot] = dict(data['modules'][source], class_name=class_name)
+    path = str(tmp_path / 'swapped.pt')
+    persistence.save_snapshot(data, path)
+    with pytest.raises(UserError) as info:
+        snapshot_io.load_module(path, slot)
+    assert f'its "{slot}" record names the class "{class_name}"' in str(info.value)
+    assert 'nothing of it was built' in str(info.value)
+    snapshot_io.load_module(atopk_snapshot, slot)  # the untouched snapshot loads
+
+
+# ---------------------------------------------------------------------------------------------
+# The README's first command.
+
+
+def readme_train_command() -> list[str]:
+    """The train.py arguments of the README's first command (the first code block's first line)."""
+    text = open(os.path.join(REPO, 'README.md'), encoding='utf-8').read()
+    block = text.split('```bash\n', 1)[1].split('```', 1)[0]
+    line = next(line for line in block.splitlines() if 'train.py' in line)
+    return line.split('python train.py', 1)[1].split()
+
+
+def test_the_readme_main_command_is_valid_and_names_the_run_directory_the_readme_lists(tmp_path):
+    flags = [f for f in readme_train_command() if not f.startswith('--outdir=')]
+    out = subprocess.run([sys.executable, 'train.py', f'--outdir={tmp_path}', '-n', *flags], cwd=REPO,
+                         capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, DEGAN_CACHE_DIR=str(tmp_path / 'cache')))
+    assert out.returncode == 0, out.stderr
+    run_dir = next(line for line in out.stdout.splitlines() if line.startswith('Output directory:')).split()[-1]
+    readme = open(os.path.join(REPO, 'README.md'), encoding='utf-8').read()
+    assert f'runs/{os.path.basename(run_dir)}/' in readme, 'the README names the run directory the command makes'

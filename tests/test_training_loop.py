@@ -18,6 +18,7 @@ import time
 import pytest
 import torch
 
+import backbones
 import dnnlib
 from torch_utils import distributed, misc, persistence
 from training import config, snapshot_io
@@ -64,9 +65,20 @@ def straight_and_resumed(make_args, root, half_kimg: float, **flags) -> tuple[di
     return straight, first, resumed
 
 
+def assert_modules_in_their_slots(path: str) -> None:
+    """Every module record of a snapshot names a class its backbone allows in that slot
+    (``Backbone.snapshot_classes``), so load_module can rebuild each of them."""
+    data = snapshot_io.read(path)
+    backbone = backbones.get(data['backbone'])
+    for name, record in data['modules'].items():
+        if record is not None:
+            snapshot_io.check_module_class(path, backbone, name, record)
+
+
 def assert_same_training_state(path_a: str, path_b: str) -> None:
     a, b = snapshot_io.read(path_a), snapshot_io.read(path_b)
     assert a['modules'].keys() == b['modules'].keys()
+    assert_modules_in_their_slots(path_a)
     for key, record in a['modules'].items():
         if record is None:
             assert b['modules'][key] is None, key

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import dnnlib
-from backbones.base import (Backbone, BackboneConfig, BuildContext, ConfigContext, TrainingSetup,
+from backbones.base import (AUGMENT_CLASSES, Backbone, BackboneConfig, BuildContext, ConfigContext, TrainingSetup,
                             apply_length_and_batch, build_generator_and_discriminator, check_preset,
                             make_augment_pipe)
 from patches.chain import Chain, ChainContext
@@ -186,6 +186,9 @@ class ToyOptions(OptionGroup):
 
 class ToyBackbone(Backbone):
     name = 'toy'
+    snapshot_classes = dict(G=('tests.toy_backbone.ToyGenerator',), G_ema=('tests.toy_backbone.ToyGenerator',),
+                            D=('tests.toy_backbone.ToyDiscriminator',), D_ema=('tests.toy_backbone.ToyDiscriminator',),
+                            augment_pipe=AUGMENT_CLASSES)
     summary = 'a few-layer hinge GAN (tests)'
     options = ToyOptions
     presets = ('tiny',)

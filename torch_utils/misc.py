@@ -254,10 +254,7 @@ class NonFiniteError(util.UserError):
 # ---------------------------------------------------------------------------------------------
 # CPU threads.
 
-#: Set in the environment by every CLI before torch is imported (``os.environ.setdefault``):
-#: idle OpenMP threads sleep instead of spinning. On a busy CPU, spinning threads of one job
-#: take the cores another needs and both crawl (bench/cpu_threads.py).
-OMP_WAIT_POLICY = 'PASSIVE'
+# The OpenMP wait policy is set before torch is imported: dnnlib.util.let_idle_openmp_threads_sleep.
 
 
 def usable_cores() -> int:

@@ -63,14 +63,14 @@ and the colour arithmetic are the same in both modes.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dnnlib import util
 from torch_utils import persistence
 from torch_utils.ops import upfirdn2d
 
@@ -162,28 +162,12 @@ def rotate_about_luma(theta: torch.Tensor, batch: int, dtype: torch.dtype, devic
 # ---------------------------------------------------------------------------------------------
 # Reference mode (see the module docstring).
 
-_REFERENCE_MODE = False
-
-
-def set_reference_mode(enabled: bool) -> bool:
-    """Globally reproduce upstream's augmented batches (True) or use degan's exact paths (False, default).
-
-    Returns the old value. Only the calls made while it is on are affected.
-    """
-    global _REFERENCE_MODE
-    old = _REFERENCE_MODE
-    _REFERENCE_MODE = bool(enabled)
-    return old
-
-
-@contextlib.contextmanager
-def reference_mode(enabled: bool = True) -> Iterator[None]:
-    """Context manager for :func:`set_reference_mode`: ``with reference_mode():`` gives upstream's batches."""
-    old = set_reference_mode(enabled)
-    try:
-        yield
-    finally:
-        set_reference_mode(old)
+#: Reproduce upstream's augmented batches (on) or use degan's exact paths (off, default); only
+#: the calls made while it is on are affected.
+_REFERENCE_MODE = util.GlobalSwitch(False)
+#: ``set_reference_mode(enabled) -> old value``; ``with reference_mode():`` gives upstream's batches.
+set_reference_mode = _REFERENCE_MODE.set
+reference_mode = _REFERENCE_MODE.scope
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,7 +487,7 @@ class AugmentPipe(torch.nn.Module):
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f'AugmentPipe: images must be [B, 1 or 3, H, W], got {list(images.shape)}')
         p = self.p.detach().to('cpu', torch.float32)  # thresholds in float32, as upstream's tensors
-        reference = _REFERENCE_MODE
+        reference = bool(_REFERENCE_MODE)
         if float(p) <= 0 and not reference:
             return images  # every op is gated by p
         q = None if debug_percentile is None else float(debug_percentile)

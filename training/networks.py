@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+import dnnlib
 from torch_utils import misc, persistence
 from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
 
@@ -72,25 +73,11 @@ def fp16_on_cpu(enabled: bool = True) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 # Demodulation coefficients of the non-fused path (see the module docstring).
 
-_FAST_DEMOD = True
-
-
-def set_fast_demod(enabled: bool) -> bool:
-    """Globally choose the cheap (True, default) or reference-order (False) non-fused dcoefs; returns the old value."""
-    global _FAST_DEMOD
-    old = _FAST_DEMOD
-    _FAST_DEMOD = bool(enabled)
-    return old
-
-
-@contextlib.contextmanager
-def fast_demod(enabled: bool = True) -> Iterator[None]:
-    """Context manager for ``set_fast_demod``: ``with fast_demod(False):`` reproduces the reference bitwise."""
-    old = set_fast_demod(enabled)
-    try:
-        yield
-    finally:
-        set_fast_demod(old)
+#: The cheap (on, default) or reference-order (off) non-fused demodulation coefficients.
+_FAST_DEMOD = dnnlib.util.GlobalSwitch(True)
+#: ``set_fast_demod(enabled) -> old value``; ``with fast_demod(False):`` reproduces the reference bitwise.
+set_fast_demod = _FAST_DEMOD.set
+fast_demod = _FAST_DEMOD.scope
 
 
 def block_dtype(use_fp16: bool, force_fp32: bool, device: torch.device) -> torch.dtype:
@@ -160,7 +147,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
 
     if not fused_modconv:
         # CPU fp32 only: on CUDA (where fp16 blocks would amplify a 1-ulp change) keep the reference order.
-        fast = _FAST_DEMOD and dtype == torch.float32 and x.device.type == 'cpu'
+        fast = bool(_FAST_DEMOD) and dtype == torch.float32 and x.device.type == 'cpu'
         dcoefs = _demod_coefs_nonfused(weight, styles, fast) if demodulate else None
         x = x * styles.to(dtype).reshape(batch_size, -1, 1, 1)
         x = conv2d_resample.conv2d_resample(x=x, w=weight.to(dtype), f=resample_filter, up=up, down=down,

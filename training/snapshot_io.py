@@ -240,11 +240,23 @@ def load_module(path: str, name: str = 'G_ema', device: torch.device | str = 'cp
     """Rebuild one module of a snapshot (eval mode, no gradients); its backbone's classes are
     imported through the registry, never from a name in the file."""
     data = read(path) if data is None else data
-    backbones.get(data.get('backbone', backbones.DEFAULT))  # registers the backbone's network classes
+    backbone = backbones.get(data.get('backbone', backbones.DEFAULT))  # registers the backbone's network classes
     record = (data.get('modules') or {}).get(name)
     if record is None:
         raise util.UserError(f'{path}: the snapshot holds no "{name}" network')
+    check_module_class(path, backbone, name, record)
     return persistence.module_from_record(record, device=device).eval().requires_grad_(False)
+
+
+def check_module_class(path: str, backbone: Any, name: str, record: dict[str, Any]) -> None:
+    """The class a module record names must be one the backbone builds in that slot
+    (``Backbone.snapshot_classes``): a file never chooses which class is constructed."""
+    allowed = backbone.snapshot_classes.get(name, ())
+    class_name = record.get('class_name') if isinstance(record, dict) else None
+    if class_name not in allowed:
+        raise util.UserError(f'{path}: its "{name}" record names the class "{class_name}", which is not what a '
+                             f'{backbone.name} snapshot holds there ({util.format_names(allowed)}); nothing of it '
+                             'was built')
 
 
 def load_generator(path: str, device: torch.device | str = 'cpu', *, noise_mode: str = 'const',

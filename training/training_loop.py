@@ -419,7 +419,8 @@ class _Run:
     def _write_tick_files(self, done: bool, run_metrics: bool) -> None:
         """The tick's files: image grid, snapshot + metrics, stats.jsonl, the controllers' traces."""
         o, state = self.o, self.state
-        if o.rank == 0 and o.image_snapshot_ticks is not None and (done or state.cur_tick % o.image_snapshot_ticks == 0):
+        grid_due = o.image_snapshot_ticks is not None and (done or state.cur_tick % o.image_snapshot_ticks == 0)
+        if o.rank == 0 and grid_due:
             self._save_fakes(self._unique_name('fakes', '.png'))
         if o.network_snapshot_ticks is not None and (done or state.cur_tick % o.network_snapshot_ticks == 0):
             self._snapshot(run_metrics)

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 import dnnlib
-from backbones.base import (Backbone, BackboneConfig, BuildContext, ConfigContext, TrainingSetup,
+from backbones.base import (AUGMENT_CLASSES, Backbone, BackboneConfig, BuildContext, ConfigContext, TrainingSetup,
                             apply_length_and_batch, build_generator_and_discriminator, check_preset,
                             make_augment_pipe)
 from backbones.fastgan.options import REFERENCE_BATCH, REFERENCE_KIMG, FastGANOptions
@@ -71,6 +71,10 @@ class FastGANSampler:
 
 class FastGANBackbone(Backbone):
     name = 'fastgan'
+    snapshot_classes = dict(G=('backbones.fastgan.networks.Generator',),
+                            G_ema=('backbones.fastgan.networks.Generator',),
+                            D=('backbones.fastgan.networks.Discriminator', 'backbones.fastgan.d_big.DiscriminatorBig'),
+                            augment_pipe=AUGMENT_CLASSES)
     summary = "FastGAN (SLE generator, self-supervised D) and CHAIN's FastGAN-D_big"
     options = FastGANOptions
     presets = ('fastgan',)

@@ -91,6 +91,9 @@ class AdaLinearController(Controller):
 
 class InsGenBackbone(StyleGAN2Backbone):
     name = 'insgen'
+    snapshot_classes = dict(StyleGAN2Backbone.snapshot_classes, D_ema=('training.networks.Discriminator',),
+                            DHead=('backbones.insgen.heads.ContrastiveHead',),
+                            GHead=('backbones.insgen.heads.ContrastiveHead',))
     summary = "InsGen: StyleGAN2-ADA with contrastive instance discrimination (D_ema, DHead, GHead)"
     options = InsGenOptions
     default_preset = 'paper256'

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 import dnnlib
-from backbones.base import (Backbone, BackboneConfig, BuildContext, ConfigContext, TrainingSetup,
+from backbones.base import (AUGMENT_CLASSES, Backbone, BackboneConfig, BuildContext, ConfigContext, TrainingSetup,
                             apply_length_and_batch, build_generator_and_discriminator, check_preset,
                             make_augment_pipe)
 from backbones.projected.options import REFERENCE_BATCH, REFERENCE_KIMG, ProjectedOptions
@@ -75,6 +75,10 @@ def check_disc_layout(input_size: int, disc_start: str) -> None:
 
 class ProjectedBackbone(Backbone):
     name = 'projected'
+    snapshot_classes = dict(G=('backbones.projected.generator.Generator',),
+                            G_ema=('backbones.projected.generator.Generator',),
+                            D=('backbones.projected.discriminator.ProjectedDiscriminator',),
+                            augment_pipe=AUGMENT_CLASSES)
     summary = 'Projected GAN (frozen EfficientNet-Lite0 features) and Diffusion-ProjectedGAN (--diffusion=1)'
     options = ProjectedOptions
     presets = ('fastgan', 'fastgan_lite')

@@ -21,7 +21,7 @@ import copy
 import torch
 
 import dnnlib
-from backbones.base import (Backbone, BackboneConfig, BuildContext, ConfigContext, TrainingSetup,
+from backbones.base import (AUGMENT_CLASSES, Backbone, BackboneConfig, BuildContext, ConfigContext, TrainingSetup,
                             apply_length_and_batch, build_generator_and_discriminator, check_preset,
                             make_augment_pipe)
 from backbones.stylegan2.options import CFG_SPECS, StyleGAN2Options
@@ -47,6 +47,8 @@ class StyleGAN2Backbone(Backbone):
     options = StyleGAN2Options
     presets = tuple(CFG_SPECS)
     default_preset = 'auto'
+    snapshot_classes = dict(G=('training.networks.Generator',), G_ema=('training.networks.Generator',),
+                            D=('training.networks.Discriminator',), augment_pipe=AUGMENT_CLASSES)
 
     # ------------------------------------------------------------------ train.py
 

@@ -67,14 +67,19 @@ def pick_device(name: str, rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
-    """One metric process: join the process group, load G, evaluate and report every metric."""
+def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: Optional[str],
+                  launched: Optional[distributed.LaunchedRank] = None) -> None:
+    """One metric process: join the process group (``env://`` when ``torchrun`` started it:
+    ``launched``), load G, evaluate and report every metric."""
     from torch_utils.ops import _impl
     _impl.set_default_impl(args.ops)
-    device = pick_device(args.device, rank)
-    if device.type == 'cpu' and args.num_gpus > 1:
-        misc.configure_cpu_threads(args.num_gpus)  # the processes share the cores
-    if args.num_gpus > 1:
+    device = pick_device(args.device, rank if launched is None else launched.local_rank)
+    local_processes = args.num_gpus if launched is None else launched.local_world_size
+    if device.type == 'cpu' and local_processes > 1:
+        misc.configure_cpu_threads(local_processes)  # the processes of this machine share its cores
+    if args.num_gpus > 1 and launched is not None:
+        distributed.init_process_group(rank, args.num_gpus, device, init_method='env://')
+    elif args.num_gpus > 1:
         init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
         distributed.init_process_group(rank, args.num_gpus, device, init_method=f'file://{init_file}')
     try:
@@ -208,8 +213,17 @@ def main(metrics: list[str], network_path: Optional[str], gen_data: Optional[str
     Available metrics: fid50k_full, fid10k_full, fid5k_full, fid10k_test, kid50k_full, pr50k3_full,
     is50k, is10k, and the legacy fid50k, kid50k, pr50k3.
     """
+    launched = distributed.launched_rank()
+    if launched is not None:  # torchrun: this process is one rank; nothing is spawned
+        if gpus != 1 and gpus != launched.world_size:
+            raise UserError(f'--gpus={gpus}, but torchrun started {launched.world_size} processes; leave --gpus out '
+                            'under torchrun')
+        gpus = launched.world_size
     args = build_args(metrics, network_path, gen_data, data, mirror, gpus, verbose, detector, vgg16, ref_data,
                       seed, batch, device, ops, cache, num_gen=num_gen)
+    if launched is not None:
+        _child(launched.rank, args, None, launched)
+        return
     if verbose:
         override = f', --num-gen={num_gen} generated images per metric' if num_gen is not None else ''
         print(f'Evaluating {", ".join(metrics)} on '
@@ -226,10 +240,12 @@ def main(metrics: list[str], network_path: Optional[str], gen_data: Optional[str
             raise UserError(f'metric process {e.error_index} failed (its message is above)') from None
 
 
-def _child(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
-    """Entry point of a spawned process: user errors print one line and exit with code 1."""
+def _child(rank: int, args: dnnlib.EasyDict, temp_dir: Optional[str],
+           launched: Optional[distributed.LaunchedRank] = None) -> None:
+    """Entry point of a spawned or torchrun-started process: user errors print one line and exit
+    with code 1."""
     try:
-        subprocess_fn(rank, args, temp_dir)
+        subprocess_fn(rank, args, temp_dir, launched)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         raise SystemExit(1) from None

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 import dnnlib  # noqa: E402
 from dnnlib.util import UserError  # noqa: E402
-from torch_utils import misc  # noqa: E402
+from torch_utils import distributed, misc  # noqa: E402
 from training import config  # noqa: E402
 from training.options import GroupedCommand, click_options  # noqa: E402
 
@@ -58,17 +58,18 @@ def training_device(device: Optional[str], rank: int) -> torch.device:
     return torch.device('cuda', rank) if torch.cuda.is_available() else torch.device('cpu')
 
 
-def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: str) -> None:
+def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: Optional[str],
+                  launched: Optional[distributed.LaunchedRank] = None) -> None:
     """One training process (rank). Logs to ``log.txt`` (stderr stays stderr); joins the process
-    group when N > 1; CPU processes share the cores (``misc.configure_cpu_threads``)."""
-    from torch_utils import distributed, misc
+    group when N > 1 (already joined when ``torchrun`` started it: ``launched``); CPU processes
+    share the cores of their node (``misc.configure_cpu_threads``)."""
     from training import training_loop
     logger = dnnlib.util.Logger(file_name=os.path.join(args.run_dir, 'log.txt'), file_mode='a', should_flush=True)
     try:
-        device = training_device(args.device, rank)
+        device = training_device(args.device, rank if launched is None else launched.local_rank)
         if device.type == 'cpu':
-            misc.configure_cpu_threads(args.num_gpus)
-        if args.num_gpus > 1:
+            misc.configure_cpu_threads(args.num_gpus if launched is None else launched.local_world_size)
+        if args.num_gpus > 1 and not distributed.is_initialized():
             init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
             distributed.init_process_group(rank, args.num_gpus, device, init_method=f'file://{init_file}')
         kwargs = dict(args)
@@ -108,7 +109,9 @@ def spawn_processes(args: dnnlib.EasyDict, temp_dir: str) -> None:
             signal.signal(signum, handler)
 
 
-def launch_training(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool) -> Optional[str]:
+def prepare_run(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool) -> Optional[str]:
+    """Print the options, then (unless a dry run, which returns None) create the run directory
+    with ``training_options.json``; returns its path."""
     args.run_dir = next_run_dir(outdir, desc)
     print()
     print('Training options:')
@@ -136,6 +139,13 @@ def launch_training(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool
         return None
     os.makedirs(args.run_dir)
     dnnlib.util.atomic_write_json(os.path.join(args.run_dir, 'training_options.json'), dnnlib.util.to_jsonable(args))
+    return args.run_dir
+
+
+def launch_training(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool) -> Optional[str]:
+    """Prepare the run, then train in this process (1) or in N spawned processes."""
+    if prepare_run(desc, args, outdir, dry_run) is None:
+        return None
     print('Launching processes...')
     torch.multiprocessing.set_start_method('spawn', force=True)
     with tempfile.TemporaryDirectory() as temp_dir:
@@ -144,6 +154,37 @@ def launch_training(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool
         else:
             spawn_processes(args, temp_dir)
     return args.run_dir
+
+
+def run_launched_rank(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bool,
+                      launched: distributed.LaunchedRank) -> Optional[str]:
+    """One rank started by ``torchrun`` (any number of nodes): join the group through ``env://``,
+    let rank 0 alone prepare the run directory and tell the others, then train as that rank."""
+    device = training_device(args.device, launched.local_rank)
+    distributed.init_process_group(launched.rank, launched.world_size, device, init_method='env://')
+    outcome: tuple[str, Optional[str]] = ('ok', None)
+    if launched.rank == 0:
+        try:
+            outcome = ('ok', prepare_run(desc, args, outdir, dry_run))
+        except UserError as e:
+            outcome = ('error', str(e))
+    status, value = distributed.broadcast_object(outcome)
+    if status == 'error' or value is None:
+        torch.distributed.destroy_process_group()
+        if status == 'error':
+            raise UserError(value if launched.rank == 0 else f'rank 0 stopped: {value}')
+        return None
+    args.run_dir = value
+    subprocess_fn(launched.rank, args, temp_dir=None, launched=launched)
+    return args.run_dir
+
+
+def launched_gpus(gpus_flag: Optional[int], launched: distributed.LaunchedRank) -> int:
+    """``--gpus`` under torchrun: absent (the world size) or equal to the world size."""
+    if gpus_flag is not None and gpus_flag != launched.world_size:
+        raise UserError(f'--gpus={gpus_flag}, but torchrun started {launched.world_size} processes '
+                        f'(WORLD_SIZE={launched.world_size}); leave --gpus out under torchrun')
+    return launched.world_size
 
 
 @click.command(cls=GroupedCommand, context_settings=dict(max_content_width=110))
@@ -156,9 +197,16 @@ def main(ctx: click.Context, **flags: Any) -> None:
     backbone's may be given) and one per method.
     """
     given = {name for name in flags if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    launched = distributed.launched_rank()
+    if launched is not None:
+        flags['gpus'] = launched_gpus(flags['gpus'] if 'gpus' in given else None, launched)
+        given.add('gpus')
     opts = config.TrainOptions.from_flags(flags, given=given)
     desc, args = config.build_training_args(opts)
-    launch_training(desc, args, opts.common.outdir, opts.common.dry_run)
+    if launched is None:
+        launch_training(desc, args, opts.common.outdir, opts.common.dry_run)
+    else:
+        run_launched_rank(desc, args, opts.common.outdir, opts.common.dry_run, launched)
 
 
 if __name__ == '__main__':

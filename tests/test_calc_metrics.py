@@ -234,20 +234,25 @@ def test_gen_data_without_reals_is_an_error(env, capsys):
 
 
 def test_two_cpu_processes_match_one(env, tmp_path):
-    """--gpus=2 on the CPU (gloo): the gathered features give the same FID as one process."""
+    """--gpus=2 on the CPU (gloo), and two ranks started by torchrun: the gathered features give
+    the same FID as one process."""
     gen = _write_images(tmp_path / 'gen2', 11, 16, seed=3)  # odd count: ranks wrap around, extras dropped
     values = []
-    for gpus in (1, 2):
-        cmd = [sys.executable, os.path.join(REPO, 'calc_metrics.py'), '--metrics=fid5k_full', f'--gen-data={gen}',
-               f'--data={env.data}', f'--detector={env.nv}', f'--gpus={gpus}', '--verbose=0', '--device=cpu',
-               '--batch=4']
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node=2']
+    for name, launcher, gpus in (('one', [sys.executable], 1), ('spawn', [sys.executable], 2),
+                                 ('torchrun', torchrun, None)):
+        cmd = [*launcher, os.path.join(REPO, 'calc_metrics.py'), '--metrics=fid5k_full', f'--gen-data={gen}',
+               f'--data={env.data}', f'--detector={env.nv}', '--verbose=0', '--device=cpu', '--batch=4']
+        cmd += [f'--gpus={gpus}'] if gpus else []
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, DEGAN_CACHE_DIR=str(tmp_path / f'cache{gpus}')))
+                              env=dict(os.environ, DEGAN_CACHE_DIR=str(tmp_path / f'cache-{name}')))
         assert proc.returncode == 0, proc.stderr
-        rec = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert rec['num_gpus'] == gpus and rec['num_gen'] == 11 and rec['num_real'] == 12
+        lines = [line for line in proc.stdout.strip().splitlines() if line.startswith('{')]
+        assert len(lines) == 1, f'{name}: one result line, from rank 0 only'
+        rec = json.loads(lines[-1])
+        assert rec['num_gpus'] == (gpus or 2) and rec['num_gen'] == 11 and rec['num_real'] == 12
         values.append(rec['results']['fid5k_full@11'])
-    assert values[1] == pytest.approx(values[0], rel=1e-9)
+    assert values[1] == pytest.approx(values[0], rel=1e-9) and values[2] == pytest.approx(values[0], rel=1e-9)
 
 
 def test_training_metric_runner_writes_jsonl_and_best(env):

@@ -7,9 +7,11 @@ when no process group is initialised, so single-process code needs no special ca
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import os
 import socket
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -39,8 +41,51 @@ def find_free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclasses.dataclass(frozen=True)
+class LaunchedRank:
+    """Where a process started by a launcher (``torchrun``) stands: its global rank, the world
+    size over all nodes, and its rank and process count on this node."""
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+
+#: The variables ``torchrun`` sets for every process it starts.
+LAUNCHER_VARIABLES = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')
+
+
+def launched_rank() -> Optional[LaunchedRank]:
+    """This process's rank when ``torchrun`` (or a launcher setting the same variables) started it;
+    None when the script was started directly (train.py then spawns its own processes)."""
+    if not all(name in os.environ for name in LAUNCHER_VARIABLES):
+        return None
+    rank, world_size, local_rank = (int(os.environ[name]) for name in LAUNCHER_VARIABLES)
+    return LaunchedRank(rank=rank, world_size=world_size, local_rank=local_rank,
+                        local_world_size=int(os.environ.get('LOCAL_WORLD_SIZE', world_size)))
+
+
+#: Seconds a collective waits for the other ranks before it fails (a rank that died or hangs);
+#: ``DEGAN_DIST_TIMEOUT`` overrides it.
+DEFAULT_TIMEOUT_S = 600
+
+
+def collective_timeout() -> datetime.timedelta:
+    return datetime.timedelta(seconds=float(os.environ.get('DEGAN_DIST_TIMEOUT', DEFAULT_TIMEOUT_S)))
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (identity without a process group)."""
+    if not (is_initialized() and get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def init_process_group(rank: int, world_size: int, device: torch.device, init_method: Optional[str] = None) -> None:
-    """Join the process group of ``world_size`` processes on this machine.
+    """Join the process group of ``world_size`` processes (on this machine, or over nodes with
+    ``env://``); a collective that waits longer than :func:`collective_timeout` fails.
 
     ``init_method`` defaults to ``env://`` when ``MASTER_ADDR``/``MASTER_PORT`` are set (torchrun),
     else it must be given (train.py passes a ``file://`` path in the run directory, as upstream).
@@ -55,7 +100,7 @@ def init_process_group(rank: int, world_size: int, device: torch.device, init_me
     if device.type == 'cuda':
         kwargs['device_id'] = device
     dist.init_process_group(backend=default_backend(device), init_method=init_method,
-                            rank=rank, world_size=world_size, **kwargs)
+                            rank=rank, world_size=world_size, timeout=collective_timeout(), **kwargs)
 
 
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:

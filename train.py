@@ -170,7 +170,8 @@ def run_launched_rank(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bo
             outcome = ('error', str(e))
     status, value = distributed.broadcast_object(outcome)
     if status == 'error' or value is None:
-        torch.distributed.destroy_process_group()
+        if distributed.is_initialized():  # one process: no group was made
+            torch.distributed.destroy_process_group()
         if status == 'error':
             raise UserError(value if launched.rank == 0 else f'rank 0 stopped: {value}')
         return None

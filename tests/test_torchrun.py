@@ -96,6 +96,14 @@ def test_sigterm_to_every_rank_leaves_one_final_snapshot(tmp_path):
     assert final not in before and persistence.load_snapshot(final)['training_state']['cur_nimg'] > 0
 
 
+def test_a_dry_run_under_torchrun_with_one_process_makes_nothing(tmp_path):
+    proc = subprocess.run([*TORCHRUN, '--standalone', '--nproc-per-node=1', 'train.py', f'--outdir={tmp_path}',
+                           '--kimg=0.016', '-n', *FLAGS], cwd=REPO, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=300)
+    _check(proc)
+    assert 'Dry run; exiting.' in proc.stdout and not glob.glob(str(tmp_path / '0*'))
+
+
 def test_gpus_under_torchrun_must_match_the_world_size():
     import train
     launched = distributed.LaunchedRank(rank=0, world_size=2, local_rank=0, local_world_size=2)

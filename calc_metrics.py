@@ -215,10 +215,7 @@ def main(metrics: list[str], network_path: Optional[str], gen_data: Optional[str
     """
     launched = distributed.launched_rank()
     if launched is not None:  # torchrun: this process is one rank; nothing is spawned
-        if gpus != 1 and gpus != launched.world_size:
-            raise UserError(f'--gpus={gpus}, but torchrun started {launched.world_size} processes; leave --gpus out '
-                            'under torchrun')
-        gpus = launched.world_size
+        gpus = distributed.launched_world_size(gpus if gpus != 1 else None, launched)  # 1: the default
     args = build_args(metrics, network_path, gen_data, data, mirror, gpus, verbose, detector, vgg16, ref_data,
                       seed, batch, device, ops, cache, num_gen=num_gen)
     if launched is not None:

@@ -180,14 +180,6 @@ def run_launched_rank(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bo
     return args.run_dir
 
 
-def launched_gpus(gpus_flag: Optional[int], launched: distributed.LaunchedRank) -> int:
-    """``--gpus`` under torchrun: absent (the world size) or equal to the world size."""
-    if gpus_flag is not None and gpus_flag != launched.world_size:
-        raise UserError(f'--gpus={gpus_flag}, but torchrun started {launched.world_size} processes '
-                        f'(WORLD_SIZE={launched.world_size}); leave --gpus out under torchrun')
-    return launched.world_size
-
-
 @click.command(cls=GroupedCommand, context_settings=dict(max_content_width=110))
 @click_options(config.option_groups())
 @click.pass_context
@@ -200,7 +192,7 @@ def main(ctx: click.Context, **flags: Any) -> None:
     given = {name for name in flags if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
     launched = distributed.launched_rank()
     if launched is not None:
-        flags['gpus'] = launched_gpus(flags['gpus'] if 'gpus' in given else None, launched)
+        flags['gpus'] = distributed.launched_world_size(flags['gpus'] if 'gpus' in given else None, launched)
         given.add('gpus')
     opts = config.TrainOptions.from_flags(flags, given=given)
     desc, args = config.build_training_args(opts)

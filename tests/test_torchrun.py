@@ -105,11 +105,10 @@ def test_a_dry_run_under_torchrun_with_one_process_makes_nothing(tmp_path):
 
 
 def test_gpus_under_torchrun_must_match_the_world_size():
-    import train
     launched = distributed.LaunchedRank(rank=0, world_size=2, local_rank=0, local_world_size=2)
-    assert train.launched_gpus(None, launched) == 2 and train.launched_gpus(2, launched) == 2
+    assert distributed.launched_world_size(None, launched) == 2 and distributed.launched_world_size(2, launched) == 2
     with pytest.raises(UserError, match=r'--gpus=4, but torchrun started 2 processes.*leave --gpus out'):
-        train.launched_gpus(4, launched)
+        distributed.launched_world_size(4, launched)
 
 
 def test_the_launcher_environment_is_read_only_when_complete(monkeypatch):

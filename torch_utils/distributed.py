@@ -16,6 +16,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from dnnlib.util import UserError
+
 
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -63,6 +65,14 @@ def launched_rank() -> Optional[LaunchedRank]:
     rank, world_size, local_rank = (int(os.environ[name]) for name in LAUNCHER_VARIABLES)
     return LaunchedRank(rank=rank, world_size=world_size, local_rank=local_rank,
                         local_world_size=int(os.environ.get('LOCAL_WORLD_SIZE', world_size)))
+
+
+def launched_world_size(gpus_flag: Optional[int], launched: LaunchedRank) -> int:
+    """``--gpus`` under torchrun: absent (None: the world size) or equal to the world size."""
+    if gpus_flag is not None and gpus_flag != launched.world_size:
+        raise UserError(f'--gpus={gpus_flag}, but torchrun started {launched.world_size} processes '
+                        f'(WORLD_SIZE={launched.world_size}); leave --gpus out under torchrun')
+    return launched.world_size
 
 
 #: Seconds a collective waits for the other ranks before it fails (a rank that died or hangs);

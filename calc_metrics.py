@@ -100,9 +100,8 @@ def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: Optional[str],
             if rank == 0 and args.verbose:
                 print()
     finally:
-        if args.num_gpus > 1 and distributed.is_initialized():
-            distributed.barrier()
-            torch.distributed.destroy_process_group()
+        if args.num_gpus > 1:
+            distributed.destroy_process_group()
 
 
 def build_args(metrics: list[str], network_path: Optional[str], gen_data: Optional[str], data: Optional[str],

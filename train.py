@@ -83,9 +83,8 @@ def subprocess_fn(rank: int, args: dnnlib.EasyDict, temp_dir: Optional[str],
         raise SystemExit(1) from None
     finally:
         logger.close()
-        if args.num_gpus > 1 and distributed.is_initialized():
-            distributed.barrier()
-            torch.distributed.destroy_process_group()
+        if args.num_gpus > 1:
+            distributed.destroy_process_group()
 
 
 def spawn_processes(args: dnnlib.EasyDict, temp_dir: str) -> None:
@@ -168,10 +167,9 @@ def run_launched_rank(desc: str, args: dnnlib.EasyDict, outdir: str, dry_run: bo
             outcome = ('ok', prepare_run(desc, args, outdir, dry_run))
         except UserError as e:
             outcome = ('error', str(e))
-    status, value = distributed.broadcast_object(outcome)
+    status, value = distributed.broadcast_object(outcome, what='the run directory')
     if status == 'error' or value is None:
-        if distributed.is_initialized():  # one process: no group was made
-            torch.distributed.destroy_process_group()
+        distributed.destroy_process_group()  # one process: no group was made, nothing to do
         if status == 'error':
             raise UserError(value if launched.rank == 0 else f'rank 0 stopped: {value}')
         return None

@@ -162,7 +162,7 @@ def calc_metric(metric: str, **kwargs: Any) -> dnnlib.EasyDict:
     for key, value in list(results.items()):
         if opts.num_gpus > 1 and distributed.is_initialized():
             t = torch.as_tensor(value, dtype=torch.float64, device=opts.device)
-            distributed.broadcast_(t, src=0)
+            distributed.broadcast_(t, src=0, what=f'metric result {key}')
             value = float(t.cpu())
         results[key] = float(value)
 

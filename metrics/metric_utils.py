@@ -194,7 +194,7 @@ class FeatureStats:
         """Add this rank's features of one batch, gathered from all ranks in interleaved order."""
         assert x.ndim == 2 and 0 <= rank < num_gpus
         if num_gpus > 1 and distributed.is_initialized():
-            gathered = distributed.all_gather_cat(x.contiguous())  # [W·N, D], rank-major
+            gathered = distributed.all_gather_cat(x.contiguous(), what='metric features')  # [W·N, D], rank-major
             x = gathered.reshape(num_gpus, x.shape[0], x.shape[1]).transpose(0, 1).reshape(-1, x.shape[1])
         self.append(x.detach().float().cpu().numpy())
 
@@ -398,7 +398,7 @@ def compute_feature_stats_for_dataset(opts: MetricOptions, detector: detectors.D
         found = torch.as_tensor(os.path.isfile(cache_file) if opts.rank == 0 else False, dtype=torch.float32,
                                 device=opts.device if opts.device.type == 'cuda' else 'cpu')
         if opts.num_gpus > 1:
-            distributed.broadcast_(found, src=0)
+            distributed.broadcast_(found, src=0, what='whether the dataset statistics are cached')
         if bool(found):
             try:
                 return FeatureStats.load(cache_file)

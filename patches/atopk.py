@@ -42,7 +42,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from torch_utils import distributed
 
 from patches.overfit import OverfitTracker
 
@@ -53,18 +54,6 @@ MODES = ('adaptive', 'fixed', 'linear', 'worst')
 TRACE_FILE = 'atopk-trace.jsonl'
 _ROUNDING_TOLERANCE = 1e-9  # so that e.g. ceil(0.7 * 10) is 7, not 8, despite float noise
 _SEED_SALT = 0x41546F706B  # 'ATopk': keeps the k RNG stream apart from the run's torch seed
-
-
-def _world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
-def _rank() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return 0
 
 
 def _noop_report(_name: str, value: Any) -> Any:
@@ -124,21 +113,17 @@ def global_topk_mask(local_scores: torch.Tensor, k: int, largest: bool = True,
     rank must call it. Without a process group it is ``select_topk``.
     """
     scores = per_sample_scores(local_scores).contiguous()
-    world = _world_size()
+    world = distributed.get_world_size()
     if world == 1:
         return select_topk(scores, k, largest)
     if check_sizes:
         size = torch.tensor([scores.numel()], dtype=torch.int64, device=scores.device)
-        sizes = [torch.empty_like(size) for _ in range(world)]
-        dist.all_gather(sizes, size)
-        sizes_list = [int(s) for s in sizes]
+        sizes_list = [int(s) for s in distributed.all_gather_list(size, what='ATop-k batch sizes')]
         if len(set(sizes_list)) != 1:
             raise ValueError(f'ATop-k global selection needs equal per-rank batches, got {sizes_list}')
-    parts = [torch.empty_like(scores) for _ in range(world)]
-    dist.all_gather(parts, scores)
-    mask = select_topk(torch.cat(parts), k, largest)
+    mask = select_topk(distributed.all_gather_cat(scores, what='ATop-k scores of the fakes'), k, largest)
     b = scores.numel()
-    rank = _rank()
+    rank = distributed.get_rank()
     return mask[rank * b:(rank + 1) * b]
 
 
@@ -165,7 +150,7 @@ def topk_loss(per_sample_loss: torch.Tensor, scores: torch.Tensor, k: int, large
         raise ValueError(f'ATop-k: per_sample_loss must be [N], got shape {list(per_sample_loss.shape)}')
     if scores.shape[0] != per_sample_loss.shape[0]:
         raise ValueError(f'ATop-k: {scores.shape[0]} scores for {per_sample_loss.shape[0]} per-sample losses')
-    world = _world_size() if global_batch is None or global_batch else 1
+    world = distributed.get_world_size() if global_batch is None or global_batch else 1
     n_global = per_sample_loss.shape[0] * world
     k = _check_k(k, n_global)
     if k == n_global:
@@ -391,7 +376,7 @@ class ATopk:
 
         Needs the whole global batch in one call per rank (N·W = B, A5).
         """
-        world = _world_size()
+        world = distributed.get_world_size()
         n = per_sample_loss.shape[0] if per_sample_loss.ndim >= 1 else 0
         if n * world != self.batch_size:
             raise ValueError(f'ATop-k selects over the whole batch of {self.batch_size} in one round, but got {n} '

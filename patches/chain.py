@@ -65,7 +65,8 @@ import contextlib
 from typing import Iterator, Optional
 
 import torch
-import torch.distributed as dist
+
+from torch_utils import distributed
 
 from patches.overfit import sign_moments
 
@@ -206,8 +207,7 @@ class ChainContext(torch.nn.Module):
         if moments is None or iteration < self.start_iter:
             return self.p_value
         stat = moments.detach().to(torch.float64).flip(0)  # [Σ sign, count]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(stat, op=dist.ReduceOp.SUM)
+        distributed.all_reduce_sum_(stat, what="CHAIN's sign statistic of the real logits")
         sign_sum, count, a_old, p_old = torch.cat([stat, torch.stack([self.ema_sign, self.p]).to(stat.device)]).tolist()
         if count <= 0:
             return self.p_value

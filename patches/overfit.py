@@ -24,16 +24,10 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from torch_utils import distributed
 
 __all__ = ['OverfitTracker', 'RealSignCollector', 'sign_moments']
-
-
-def _distributed_world() -> int:
-    """World size of the default process group (1 when torch.distributed is not initialised)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
 
 
 def sign_moments(real_logits: torch.Tensor) -> torch.Tensor:
@@ -176,9 +170,8 @@ class OverfitTracker:
         """(count, Σ sign) of the window, summed over ranks when torch.distributed is initialised."""
         device = self._device or torch.device('cpu')
         window = self._window if self._window is not None else torch.zeros(2, dtype=torch.float64, device=device)
-        if _distributed_world() > 1:
-            window = window.clone()
-            dist.all_reduce(window, op=dist.ReduceOp.SUM)
+        if distributed.get_world_size() > 1:
+            window = distributed.all_reduce_sum_(window.clone(), what='the overfitting statistic E[sign(D_real)]')
         count, total = window.cpu().tolist()
         return count, total
 

@@ -234,7 +234,7 @@ def _gather_rank(rank, init_file, out_dir):
     with open(os.path.join(out_dir, f'gather{rank}.json'), 'w') as f:
         json.dump(dict(shape=list(gathered.shape), order=gathered.argmax(1).tolist(), queue=head.queue.tolist(),
                        ptr=int(head.queue_ptr)), f)
-    torch.distributed.destroy_process_group()
+    distributed.destroy_process_group()
 
 
 @pytest.mark.slow

@@ -142,7 +142,7 @@ def check_ddp_consistency(module: torch.nn.Module, ignore_regex: Optional[str] =
         if ignore_regex is not None and re.fullmatch(ignore_regex, name):
             continue
         other = tensor.detach().clone()
-        distributed.broadcast_(other, src=0)
+        distributed.broadcast_(other, src=0, what=f'consistency check of {name}')
         if not torch.equal(tensor.detach().nan_to_num(), other.nan_to_num()):
             raise AssertionError(f'{name} differs between ranks')
 

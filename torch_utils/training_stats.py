@@ -90,7 +90,7 @@ class Collector:
             return
         device = _sync_device or torch.device('cpu')
         stacked = torch.stack([_cumulative(name, device) for name in names])
-        distributed.all_reduce_sum_(stacked)
+        distributed.all_reduce_sum_(stacked, what='training statistics')
         stacked = stacked.cpu()
         for name, cumulative in zip(names, stacked):
             previous = self._cumulative.get(name, torch.zeros_like(cumulative))

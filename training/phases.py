@@ -62,7 +62,7 @@ def average_gradients(module: torch.nn.Module, num_gpus: int) -> list[torch.nn.P
     params = [p for p in module.parameters() if p.grad is not None]
     if num_gpus > 1 and params:
         flat = torch.cat([p.grad.flatten() for p in params])
-        distributed.all_reduce_sum_(flat)
+        distributed.all_reduce_sum_(flat, what=f"gradients of {module.__class__.__name__}")
         flat /= num_gpus
         offset = 0
         for p in params:

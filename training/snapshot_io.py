@@ -32,7 +32,6 @@ import time
 from typing import Any, BinaryIO, Optional
 
 import torch
-import torch.distributed as dist
 
 import backbones
 from dnnlib import util
@@ -51,9 +50,7 @@ def _gather_rng_states(num_gpus: int) -> list[dict[str, Any]]:
     state = misc.get_rng_state()
     if num_gpus == 1 or not distributed.is_initialized():
         return [state]
-    gathered: list[Any] = [None] * num_gpus
-    dist.all_gather_object(gathered, state)
-    return gathered
+    return distributed.all_gather_object(state, what='RNG states for the snapshot')
 
 
 def save(path: str, *, backbone: str, training_set_kwargs: dict, modules: dict[str, Optional[torch.nn.Module]],
@@ -176,10 +173,21 @@ def restore(path: str, *, modules: dict[str, Optional[torch.nn.Module]], optiona
     _load_states(path, states, training_state.get('states', {}))
     saved_world = len(training_state['rng'])
     if saved_world != num_gpus and rank == 0:
-        print(f'Note: the snapshot was written by {saved_world} process(es), this run has {num_gpus}; '
-              'training continues, but random draws will not repeat the original run exactly.')
+        print(other_world_note(saved_world, num_gpus))
     rng = training_state['rng'][rank] if rank < saved_world else None
     return dict({k: training_state[k] for k in COUNTERS}, rng=rng)
+
+
+def other_world_note(saved_world: int, num_gpus: int) -> str:
+    """What a resume with another number of processes (same global batch) continues exactly, and what not."""
+    first, last = sorted((saved_world, num_gpus))
+    ranks = f'process {first}' if last - first == 1 else f'processes {first}-{last - 1}'
+    streams = f'{ranks} start new random streams' if num_gpus > saved_world else f'the random streams of {ranks} end'
+    return (f'Note: the snapshot was written by {saved_world} process(es), this run has {num_gpus}. Continued exactly: '
+            'the weights, the optimiser and controller states, and the real images of every iteration (the sampler '
+            'is global). '
+            f'Not exactly: each process\'s random draws (latents, augmentations, noise; {streams}) and the order of '
+            'sums over processes, so the run does not repeat the original bit for bit.')
 
 
 def _load_states(path: str, states: dict[str, Any], saved: dict[str, Any]) -> None:

@@ -123,7 +123,7 @@ class StopRequest:
         if distributed.get_world_size() == 1:
             return self.requested
         flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        distributed.all_reduce_sum_(flag)
+        distributed.all_reduce_sum_(flag, what='stop request')
         return bool(flag.item() > 0)
 
 
@@ -205,9 +205,9 @@ class _Run:
         self.last_snapshot: Optional[str] = None
         self.written_names: set[str] = set()  # file names of this run's snapshots and grids
         resume_rng = self._resume()
-        for module in self.setup.modules.values():
+        for name, module in self.setup.modules.items():
             if module is not None:
-                distributed.broadcast_module_(module)
+                distributed.broadcast_module_(module, what=f'initial {name}')
         self.data_iter = make_data_iterator(self.training_set, self.o.rank, self.o.num_gpus, self.o.random_seed,
                                             self.state.batch_idx * self.o.batch_size,
                                             self.o.batch_size // self.o.num_gpus, self.o.data_loader_kwargs)
@@ -358,7 +358,7 @@ class _Run:
 
         if self.writer is not None:
             self.writer.close()
-        distributed.barrier()  # every rank leaves together (rank 0 may still be writing files)
+        distributed.barrier('end of training')  # every rank leaves together (rank 0 may still be writing files)
         self.log(f'\nExiting ({stop_reason}). Last snapshot: {self.last_snapshot}')
         modules = {name: m for name, m in self.setup.modules.items() if m is not None}
         return dict(modules, cur_nimg=state.cur_nimg, last_snapshot=self.last_snapshot, stop_reason=stop_reason,

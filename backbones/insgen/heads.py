@@ -25,11 +25,7 @@ KEY_DIM = 128
 
 def gather_keys(keys: torch.Tensor) -> torch.Tensor:
     """All processes' keys concatenated in rank order (this process's keys alone without a group)."""
-    if not (distributed.is_initialized() and distributed.get_world_size() > 1):
-        return keys
-    parts = [torch.empty_like(keys) for _ in range(distributed.get_world_size())]
-    torch.distributed.all_gather(parts, keys.contiguous())
-    return torch.cat(parts)
+    return distributed.all_gather_cat(keys, what="InsGen's contrastive keys")
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:

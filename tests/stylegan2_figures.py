@@ -38,6 +38,10 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, 'tests', 'data')
 FIGURES_FILE = os.path.join(DATA, 'stylegan2_figures.json')
+#: The same cases recorded on each CPU kind the suite runs on (see tests/test_stylegan2_figures.py):
+#: the original recording, and the same code (commit fa6e5db, which matches the original recording
+#: bitwise on its CPU kind) on a Xeon (family 6, model 207) with AVX512-BF16 but no AMX, oneDNN 3.12.
+FIGURES_FILES = (FIGURES_FILE, os.path.join(DATA, 'stylegan2_figures_other_cpu.json'))
 V1_SNAPSHOT = os.path.join(DATA, 'stylegan2-v1-snapshot.pt')
 
 COMMON = ['--data=builtin:16', '--cfg=low_shot', '--cbase=256', '--cmax=16', '--batch=4', '--kimg=0.024',

@@ -1,5 +1,12 @@
 """The StyleGAN2 numbers did not move: short runs of the current code against figures recorded
-with the code from before the backbone registry (tests/stylegan2_figures.py, tests/data/)."""
+with the code from before the backbone registry (tests/stylegan2_figures.py, tests/data/).
+
+CPUs of different kinds run float32 convolutions and matrix products with different kernels
+(oneDNN / MKL pick them by instruction set), so the same code gives figures that differ in the
+last bits, and Adam turns such bits on near-zero gradients into whole steps within a few
+iterations (1e-3 relative after 6 iterations). Each kind has its own recording
+(``figures.FIGURES_FILES``); a run must match one of them.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +27,24 @@ def recorded() -> dict:
         return json.load(f)
 
 
+@pytest.fixture(scope='module')
+def recordings() -> list[dict]:
+    """The figures of every CPU kind they were recorded on."""
+    out = []
+    for path in figures.FIGURES_FILES:
+        with open(path, encoding='utf-8') as f:
+            out.append(json.load(f))
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('case', list(figures.CASES))
-def test_same_seed_gives_the_recorded_losses_weights_and_stats(tmp_path, recorded, case):
+def test_same_seed_gives_the_recorded_losses_weights_and_stats(tmp_path, recordings, case):
     got = figures.figures_of(figures.run_case(case, str(tmp_path)))
-    problems = figures.compare(got, recorded[case])
-    assert not problems, '\n'.join(problems[:20])
+    problems = [figures.compare(got, recording[case]) for recording in recordings]
+    closest = min(problems, key=len)
+    assert not closest, f'matches none of {len(recordings)} recordings; the closest differs in:\n' + \
+        '\n'.join(closest[:20])
 
 
 def test_version_1_snapshot_resumes_onto_the_recorded_trajectory(tmp_path, recorded):

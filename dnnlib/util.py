@@ -44,28 +44,50 @@ class UserError(Exception):
 # ---------------------------------------------------------------------------------------------
 # Process-wide switches.
 
-class GlobalSwitch:
+class GlobalSetting:
+    """A process-wide value of a module (e.g. the compute dtype of reduced-precision blocks):
+    ``setting.value`` reads it, ``setting.set(value)`` changes it and returns the old value, and
+    ``with setting.scope(value):`` changes it for a block."""
+
+    def __init__(self, value: Any):
+        self._value = self._convert(value)
+
+    def _convert(self, value: Any) -> Any:
+        return value
+
+    @property
+    def value(self) -> Any:
+        return self._value
+
+    def set(self, value: Any) -> Any:
+        old, self._value = self._value, self._convert(value)
+        return old
+
+    @contextlib.contextmanager
+    def scope(self, value: Any) -> Iterator[None]:
+        old = self.set(value)
+        try:
+            yield
+        finally:
+            self.set(old)
+
+
+class GlobalSwitch(GlobalSetting):
     """A process-wide on/off setting of a module (e.g. a reference-exact arithmetic path):
     ``bool(switch)`` reads it, ``switch.set(enabled)`` changes it and returns the old value, and
     ``with switch.scope(enabled):`` changes it for a block."""
 
     def __init__(self, enabled: bool):
-        self._enabled = bool(enabled)
+        super().__init__(enabled)
+
+    def _convert(self, value: Any) -> bool:
+        return bool(value)
 
     def __bool__(self) -> bool:
-        return self._enabled
+        return self._value
 
-    def set(self, enabled: bool) -> bool:
-        old, self._enabled = self._enabled, bool(enabled)
-        return old
-
-    @contextlib.contextmanager
-    def scope(self, enabled: bool = True) -> Iterator[None]:
-        old = self.set(enabled)
-        try:
-            yield
-        finally:
-            self.set(old)
+    def scope(self, enabled: bool = True) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return super().scope(enabled)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,10 +15,15 @@ wants the reference's CPU behaviour) can force half precision on the CPU with::
     with networks.fp16_on_cpu(True):
         img = G(z, c)
 
-or globally with ``networks.set_fp16_on_cpu(True)``.
+or globally with ``networks.set_fp16_on_cpu(True)``. A training run chooses the dtype of those
+blocks with ``--precision`` (float32, float16 or bfloat16 on any device): the process-wide
+setting of :mod:`torch_utils.precision`, which, once set, replaces this default
+(:func:`block_dtype`). bfloat16 blocks take the float32 paths where float16 has its own: no
+max-abs prenormalisation (bfloat16 has float32's exponent range, so Σ w² cannot overflow), the
+cheap demodulation coefficients on the CPU; channels_last stays a float16-only layout.
 
-Deliberate difference for speed (CPU, fp32 compute, non-fused modulated convolution, i.e. G in
-training mode): the demodulation coefficients are computed as rsqrt(s² · (Σ_uv w²)ᵀ + 1e-8)
+Deliberate difference for speed (CPU, fp32 or bf16 compute, non-fused modulated convolution, i.e.
+G in training mode): the demodulation coefficients are computed as rsqrt(s² · (Σ_uv w²)ᵀ + 1e-8)
 with one small matrix product instead of materialising the per-sample weights [N, O, I, k, k]
 as the reference does (~0.8 s per 512-channel layer per batch of 16 on a 2-core CPU, as much as
 the convolution itself). It is the same sum in a different order: outputs agree to ≤ 1e-6
@@ -39,7 +44,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 import dnnlib
-from torch_utils import misc, persistence
+from torch_utils import misc, persistence, precision
 from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
 
 # ---------------------------------------------------------------------------------------------
@@ -81,9 +86,15 @@ fast_demod = _FAST_DEMOD.scope
 
 
 def block_dtype(use_fp16: bool, force_fp32: bool, device: torch.device) -> torch.dtype:
-    """Compute dtype of a block (docs/stylegan2-arithmetic.md §9): fp16 iff use_fp16 and not force_fp32 (and not
-    CPU, unless allowed)."""
-    if use_fp16 and not force_fp32 and (device.type != 'cpu' or _FP16_ON_CPU):
+    """Compute dtype of a block (docs/stylegan2-arithmetic.md §9): float32 unless use_fp16 and not force_fp32;
+    then the process' reduced dtype (``--precision``, torch_utils/precision.py) when one is set, else
+    upstream's float16 — on the CPU only with ``fp16_on_cpu``, float32 otherwise."""
+    if not use_fp16 or force_fp32:
+        return torch.float32
+    reduced = precision.reduced_dtype()
+    if reduced is not None:
+        return reduced
+    if device.type != 'cpu' or _FP16_ON_CPU:
         return torch.float16
     return torch.float32
 
@@ -142,12 +153,13 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     misc.assert_shape(styles, [batch_size, in_channels])
     dtype = x.dtype
 
-    if dtype == torch.float16 and demodulate:
+    if dtype == torch.float16 and demodulate:  # float16 only: bfloat16 has float32's exponent range
         weight, styles = _prenormalize_fp16(weight, styles)
 
     if not fused_modconv:
-        # CPU fp32 only: on CUDA (where fp16 blocks would amplify a 1-ulp change) keep the reference order.
-        fast = bool(_FAST_DEMOD) and dtype == torch.float32 and x.device.type == 'cpu'
+        # CPU fp32/bf16 only (the coefficients are float32 either way; bf16 has no reference to match
+        # bitwise): on CUDA (where fp16 blocks would amplify a 1-ulp change) keep the reference order.
+        fast = bool(_FAST_DEMOD) and dtype in (torch.float32, torch.bfloat16) and x.device.type == 'cpu'
         dcoefs = _demod_coefs_nonfused(weight, styles, fast) if demodulate else None
         x = x * styles.to(dtype).reshape(batch_size, -1, 1, 1)
         x = conv2d_resample.conv2d_resample(x=x, w=weight.to(dtype), f=resample_filter, up=up, down=down,

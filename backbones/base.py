@@ -17,6 +17,8 @@ up in :mod:`backbones`); they never name an architecture. A backbone supplies
 ``snapshot_classes``   per module slot, the classes ``build`` puts there: the only ones a
                        snapshot may name when ``generate.py`` / ``calc_metrics.py`` rebuild it
 ``print_summaries``    the module tables printed at start
+``precision_use``      what computes in ``--precision``'s dtype (its reduced-precision blocks),
+                       or why everything stays float32 (:class:`PrecisionUse`)
 =====================  ========================================================================
 
 The paper methods (ATop-k, CHAIN, ADA's p) are wired by the loop through the loss base class
@@ -68,6 +70,7 @@ class ConfigContext:
     dataset_size: int = 0           # images in the training set (after --subset; before x-flips)
     mirror: bool = False            # --mirror (x-flips double the data)
     transfer: bool = False          # --resume of a weights-only file (official pickle): fresh training state
+    precision: str = 'auto'         # --precision as given (fp32, fp16, bf16, auto; torch_utils/precision.py)
 
 
 @dataclasses.dataclass
@@ -142,6 +145,17 @@ class TrainingSetup:
         return {phase.opt_name: phase.opt for phase in self.phases}
 
 
+@dataclasses.dataclass(frozen=True)
+class PrecisionUse:
+    """How a backbone's networks use ``--precision`` (torch_utils/precision.py), for one configuration.
+
+    ``blocks``: what computes in the resolved dtype, named for the start line (StyleGAN2: 'the top
+    3 resolutions of G and D, 8-32 px, conv_clamp 256'); None: nothing — everything computes in
+    float32 and ``why`` says why (printed once at start, never silently ignored)."""
+    blocks: Optional[str] = None
+    why: str = ''
+
+
 #: The D augmentation pipes a snapshot's ``augment_pipe`` slot may name (ADA, DiffAugment).
 AUGMENT_CLASSES = ('training.augment.AugmentPipe', 'training.diffaugment.DiffAugmentPipe')
 
@@ -185,6 +199,12 @@ class Backbone(abc.ABC):
                 buffers = sum(b.numel() for b in module.buffers())
                 print(f'{name:<14s} {params:>12,d} parameters {buffers:>10,d} buffer elements')
         print()
+
+    def precision_use(self, kwargs: Mapping[str, Any], resolution: int) -> PrecisionUse:
+        """Which of the networks ``kwargs`` (``BackboneConfig.kwargs``) builds at ``resolution`` compute
+        in ``--precision``'s dtype. The blocks read the process-wide setting themselves
+        (``torch_utils.precision.reduced_dtype``); parameters stay float32. Default: none."""
+        return PrecisionUse(None, f'--backbone={self.name} has no reduced-precision blocks')
 
     def chain_context(self, setup: TrainingSetup) -> Any:
         """The ``patches.chain.ChainContext`` of the CHAIN layers this backbone placed (None: none)."""

@@ -12,6 +12,7 @@ follow StyleGAN2-ADA (docs/stylegan2-ada.md §2).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, ClassVar, Optional
 
@@ -23,6 +24,7 @@ from backbones.base import ConfigContext
 from dnnlib.util import UserError
 from training.dataset import image_folder_kwargs, reference_dataset_kwargs, require_existing_paths
 from training.method_options import METHOD_GROUPS, ATopkOptions, AugmentOptions, ChainOptions
+from torch_utils import precision as precision_lib
 from training.options import OptionGroup, flag, flag_name, group_fields
 from training import resume_check, snapshot_io
 from training.resume_check import DataFacts
@@ -76,6 +78,9 @@ class CommonOptions(OptionGroup):
                     type=click.Choice(['ref', 'cuda', 'auto']))
     nobench: bool = flag(False, 'Disable cuDNN benchmarking', type=bool, metavar='BOOL')
     allow_tf32: bool = flag(False, 'Allow PyTorch to use TF32 internally', type=bool, metavar='BOOL')
+    precision: str = flag('auto', "Compute dtype of the backbone's reduced-precision blocks (StyleGAN2: the top 4 "
+                                  'resolutions of G and D): fp32, fp16, bf16, or auto = float16 on CUDA, bfloat16 on '
+                                  'CPUs with AMX, else float32', type=click.Choice(list(precision_lib.NAMES)))
 
     def validate(self) -> None:
         if self.gpus & (self.gpus - 1) != 0:
@@ -178,7 +183,8 @@ def build_training_args(opts: TrainOptions) -> tuple[str, dnnlib.EasyDict]:
     configured = backbone.configure(ConfigContext(
         options=opts.backbone, cfg=common.cfg, gpus=common.gpus, resolution=resolution, kimg=common.kimg,
         batch=common.batch, glr=common.glr, dlr=common.dlr, chain=args.chain_kwargs, dataset_size=dataset_size,
-        mirror=bool(common.mirror), transfer=transfer))
+        mirror=bool(common.mirror), transfer=transfer, precision=common.precision))
+    _precision_config(common, backbone, configured, resolution, args)
     desc += ('' if backbone.name == backbones.DEFAULT else f'-{backbone.name}') + configured.desc
     args.backbone_kwargs = configured.kwargs
     args.total_kimg = configured.total_kimg
@@ -289,10 +295,48 @@ def _check_resume(common: CommonOptions, args: dnnlib.EasyDict, data: dict[str, 
     if transfer:
         return
     resume_check.check_not_finished(common.resume, data, args.total_kimg)
+    saved_precision = snapshot_precision(common.resume, data)
+    if saved_precision is not None:
+        args.precision.resumed_from = saved_precision
     differences = resume_check.check_methods(common.resume, data, args, common.fresh_methods)
     if differences:
         args.resume_fresh_methods = True
         print('Note: --fresh-methods=1: ' + '; '.join(differences) + ' — those methods start fresh.')
+
+
+def run_device_type(device: str) -> str:
+    """'cuda' or 'cpu': the device kind --device gives the training processes (train.py's rule)."""
+    import torch
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    return device
+
+
+def _precision_config(common: CommonOptions, backbone: Any, configured: Any, resolution: int,
+                      args: dnnlib.EasyDict) -> None:
+    """--precision → ``args.precision``: the resolved dtype, why, and what of the backbone computes in it
+    (torch_utils/precision.py; printed by each run at start, kept in training_options.json)."""
+    use = backbone.precision_use(configured.kwargs, resolution)
+    args.precision = dnnlib.EasyDict(precision_lib.plan(common.precision, run_device_type(common.device),
+                                                        blocks=use.blocks, float32_why=use.why))
+
+
+def snapshot_precision(path: str, data: dict[str, Any]) -> Optional[str]:
+    """What the reduced-precision blocks of the run that wrote a snapshot computed in ('float32',
+    'float16', 'bfloat16'), None where nothing says: the snapshot's ``metadata.precision`` if it has
+    one, else the ``precision`` record of the ``training_options.json`` beside it."""
+    saved = (data.get('metadata') or {}).get('precision')
+    if isinstance(saved, str):
+        return saved
+    options_path = os.path.join(os.path.dirname(os.path.abspath(path)), 'training_options.json')
+    try:
+        with open(options_path, encoding='utf-8') as f:
+            record = json.load(f).get('precision')
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(record, dict) or record.get('dtype') not in precision_lib.DTYPE_NAMES.values():
+        return None
+    return precision_lib.compute_dtype_name(record)
 
 
 def _performance_config(common: CommonOptions, args: dnnlib.EasyDict) -> None:

@@ -31,6 +31,7 @@ import dnnlib
 from backbones.base import BuildContext, TrainingSetup
 from dnnlib import util
 from torch_utils import distributed, misc, training_stats
+from torch_utils import precision as precision_lib
 from torch_utils.ops import _impl as ops_impl_lib
 from training import controllers as controllers_lib
 from training import image_grid, reporting, snapshot_io
@@ -162,12 +163,14 @@ def training_loop(
     allow_tf32: bool = False,                    # TF32 in matmul and convolutions.
     device: Optional[str] = None,                # 'cpu', 'cuda' (the rank's GPU) or None = auto.
     ops_impl: str = 'auto',                      # Custom ops: 'ref', 'cuda' or 'auto'.
+    precision: Optional[dict] = None,            # --precision record (torch_utils/precision.py), None = as set.
     abort_fn: Optional[Callable[[], bool]] = None,            # Called each iteration; True stops.
     progress_fn: Optional[Callable[[int, int], None]] = None,  # Called at each tick with (kimg, total).
 ) -> dict[str, Any]:
     """Train; returns a summary (cur_nimg, last_snapshot, stop_reason) and the modules (G, D, G_ema, …)."""
-    run = _Run(locals())
-    return run.train()
+    with precision_lib.applied(precision):  # this process' reduced-precision dtype, for the run only
+        run = _Run(locals())
+        return run.train()
 
 
 class _Run:
@@ -178,6 +181,8 @@ class _Run:
         self.start_time = time.time()
         self.dev = self._initialise_process()
         self.log = print if self.o.rank == 0 else (lambda *a, **k: None)
+        for line in precision_lib.log_lines(self.o.precision):
+            self.log(line)
 
         self.log('Loading training set...')
         self.training_set = dnnlib.util.construct_class_by_name(**self.o.training_set_kwargs)

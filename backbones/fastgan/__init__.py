@@ -23,8 +23,8 @@ from typing import Optional
 import torch
 
 import dnnlib
-from backbones.base import (AUGMENT_CLASSES, Backbone, BackboneConfig, BuildContext, ConfigContext, TrainingSetup,
-                            apply_length_and_batch, build_generator_and_discriminator, check_preset,
+from backbones.base import (AUGMENT_CLASSES, Backbone, BackboneConfig, BuildContext, ConfigContext, PrecisionUse,
+                            TrainingSetup, apply_length_and_batch, build_generator_and_discriminator, check_preset,
                             make_augment_pipe)
 from backbones.fastgan.options import REFERENCE_BATCH, REFERENCE_KIMG, FastGANOptions
 from dnnlib.util import UserError
@@ -115,6 +115,12 @@ class FastGANBackbone(Backbone):
             desc += f'-sample{opts.fastgan_sample}'
         return BackboneConfig(kwargs=kwargs, total_kimg=total_kimg, batch_size=batch, batch_gpu=batch_gpu, desc=desc,
                               snapshot_ticks=10, diffaugment=dict(policy='color,translation', random_order=big))
+
+    def precision_use(self, kwargs: dict, resolution: int) -> PrecisionUse:
+        """None: FastGAN's reference code (G, both Ds) trains in float32, so these networks have no
+        reduced-precision blocks (``--precision`` other than float32 prints so at start)."""
+        return PrecisionUse(None, "--backbone=fastgan computes in float32, as FastGAN's reference code "
+                                  '(no reduced-precision blocks)')
 
     @staticmethod
     def _discriminator_kwargs(opts: FastGANOptions, chain: Optional[dict]) -> dnnlib.EasyDict:

@@ -24,8 +24,8 @@ from typing import Optional
 import torch
 
 import dnnlib
-from backbones.base import (AUGMENT_CLASSES, Backbone, BackboneConfig, BuildContext, ConfigContext, TrainingSetup,
-                            apply_length_and_batch, build_generator_and_discriminator, check_preset,
+from backbones.base import (AUGMENT_CLASSES, Backbone, BackboneConfig, BuildContext, ConfigContext, PrecisionUse,
+                            TrainingSetup, apply_length_and_batch, build_generator_and_discriminator, check_preset,
                             make_augment_pipe)
 from backbones.projected.options import REFERENCE_BATCH, REFERENCE_KIMG, ProjectedOptions
 from dnnlib.util import UserError
@@ -121,6 +121,13 @@ class ProjectedBackbone(Backbone):
         desc = self._describe(cfg, opts) + desc
         return BackboneConfig(kwargs=kwargs, total_kimg=total_kimg, batch_size=batch, batch_gpu=batch_gpu, desc=desc,
                               diffaugment=dict(DIFFAUGMENT))
+
+    def precision_use(self, kwargs: dict, resolution: int) -> PrecisionUse:
+        """None: Projected GAN's FastGAN generators, its frozen EfficientNet-Lite0, CCM/CSM and
+        mini-discriminators compute in float32 in the reference (its ``--fp32`` reaches only its
+        StyleGAN2 generator, which degan does not build)."""
+        return PrecisionUse(None, "--backbone=projected computes in float32, as Projected GAN's reference code "
+                                  'for its FastGAN generators and its discriminator (no reduced-precision blocks)')
 
     @staticmethod
     def _discriminator_optimizer(lr: float, reg_interval: int) -> dnnlib.EasyDict:

@@ -11,23 +11,28 @@ that configures and assembles them:
   Dmain, Dreg every 16; docs/stylegan2-ada.md §4), Adam(β = (0, 0.99), ε = 1e-8);
 * EMA: half-life ``ema_kimg`` with ramp-up (:class:`training.ema.HalfLifeEMA`);
 * sampling: ``G(z, c, truncation_psi, noise_mode)``; grids use constant noise, metrics G's
-  defaults (random noise, ψ = 1), as upstream.
+  defaults (random noise, ψ = 1), as upstream;
+* precision: the top ``num_fp16_res`` = 4 resolutions of G and D (upstream's float16 blocks,
+  conv_clamp 256) compute in ``--precision``'s dtype (torch_utils/precision.py); ``--fp32=1``
+  removes those blocks and the clamp, as upstream, and cannot be combined with
+  ``--precision=fp16|bf16``.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
 import dnnlib
-from backbones.base import (AUGMENT_CLASSES, Backbone, BackboneConfig, BuildContext, ConfigContext, TrainingSetup,
-                            apply_length_and_batch, build_generator_and_discriminator, check_preset,
+from backbones.base import (AUGMENT_CLASSES, Backbone, BackboneConfig, BuildContext, ConfigContext, PrecisionUse,
+                            TrainingSetup, apply_length_and_batch, build_generator_and_discriminator, check_preset,
                             make_augment_pipe)
 from backbones.stylegan2.options import CFG_SPECS, StyleGAN2Options
 from dnnlib.util import UserError
 from torch_utils import misc, training_stats
-from training import ema, phases
+from training import ema, networks, phases
 
 
 class StyleGAN2Sampler:
@@ -54,6 +59,9 @@ class StyleGAN2Backbone(Backbone):
 
     def configure(self, ctx: ConfigContext) -> BackboneConfig:
         opts: StyleGAN2Options = ctx.options  # type: ignore[assignment]
+        if opts.fp32 and ctx.precision in ('fp16', 'bf16'):
+            raise UserError(f'--fp32=1 removes the reduced-precision blocks that --precision={ctx.precision} would '
+                            'compute in; give one of the two')
         cfg = check_preset(self, ctx.cfg)
         spec, desc = self._preset(cfg, ctx.gpus, ctx.resolution)
         kwargs = self._networks(cfg, spec, opts, ctx)
@@ -127,6 +135,23 @@ class StyleGAN2Backbone(Backbone):
             kwargs.loss_kwargs.update(pl_weight=0, style_mixing_prob=0)
             D_kwargs.architecture = 'orig'
         return kwargs
+
+    def precision_use(self, kwargs: dict, resolution: int) -> PrecisionUse:
+        """The blocks built with ``use_fp16`` (the top ``num_fp16_res`` resolutions of G and D, at
+        least 8 px; docs/stylegan2-arithmetic.md §7.4), with their conv_clamp; none with ``--fp32=1``."""
+        num_res = max(kwargs['G_kwargs']['synthesis_kwargs'].get('num_fp16_res', 0),
+                      kwargs['D_kwargs'].get('num_fp16_res', 0))
+        if num_res == 0:
+            return PrecisionUse(None, '--fp32=1 (no reduced-precision blocks, no conv_clamp)')
+        log2 = int(round(math.log2(resolution)))
+        lowest = networks._fp16_resolution(log2, num_res)
+        count = log2 - int(round(math.log2(lowest))) + 1
+        if count <= 0:
+            return PrecisionUse(None, f'at {resolution} px no block is above 8 px (num_fp16_res={num_res})')
+        clamp = kwargs['D_kwargs'].get('conv_clamp')
+        span = f'{lowest} px' if lowest == resolution else f'{lowest}-{resolution} px'
+        which = 'the top resolution' if count == 1 else f'the top {count} resolutions'
+        return PrecisionUse(f'{which} of G and D, {span}, conv_clamp {"none" if clamp is None else f"{clamp:g}"}')
 
     # ------------------------------------------------------------------ run time
 

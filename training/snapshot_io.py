@@ -36,6 +36,7 @@ import torch
 import backbones
 from dnnlib import util
 from torch_utils import distributed, misc, persistence, safe_pickle
+from torch_utils import precision as precision_lib
 from training.resume_check import differ_only_in_methods
 
 VERSION = 2
@@ -74,6 +75,7 @@ def save(path: str, *, backbone: str, training_set_kwargs: dict, modules: dict[s
         modules={name: persistence.module_to_record(m) if m is not None else None for name, m in modules.items()},
         training_state=training_state,
         metadata=dict(kimg=counters['cur_nimg'] / 1000, written=time.strftime('%Y-%m-%d %H:%M:%S'),
+                      precision=precision_lib.DTYPE_NAMES.get(precision_lib.reduced_dtype()),
                       num_gpus=num_gpus),
     )
     persistence.save_snapshot(data, path)

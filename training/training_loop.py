@@ -267,7 +267,10 @@ class _Run:
             return None
         rng = resumed.pop('rng')
         self.state.update(resumed)
-        how = 'with the differing methods fresh' if self.o.resume_fresh_methods else 'exactly'
+        other_precision = bool(self.o.precision) and precision_lib.resume_note(
+            self.o.precision.get('resumed_from'), self.o.precision) is not None
+        how = 'with the differing methods fresh' if self.o.resume_fresh_methods else \
+            'with another precision (not bitwise)' if other_precision else 'exactly'
         self.log(f'Continuing {how} at kimg {self.state.cur_nimg / 1000:.1f}, tick {self.state.cur_tick}')
         return rng
 

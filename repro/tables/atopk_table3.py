@@ -29,7 +29,7 @@ _METHODS = atopk_methods(dict(_FFHQ, cfg='paper256'), dict(INSGEN, **_FFHQ), dic
 ROWS: list[Row] = []
 for _ds in COLUMNS:
     ROWS += method_rows(_ds, PAPER[_ds], _METHODS,
-                        note='FFHQ subset = the first N images in sorted order (our reading; FakeCLR\'s list unchecked)')
+                        note='FFHQ subset = the first N images in sorted order (our reading; FakeCLR\'s unchecked)')
 
 TABLE = Table(
     name='atopk_table3', paper='ATop-k', rows=tuple(ROWS),

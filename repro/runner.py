@@ -536,7 +536,8 @@ def execute(plan: Plan, opts: Options, data_paths: dict[tuple[str, int], str],
         dataset=dict(name=ds.name if ds else spec.data, source=check.path if check else None,
                      checksum=None if check is None else dict(algorithm=check.algorithm, value=check.value,
                                                               status=check.status),
-                     data=data_path(spec, data_paths), resolution=spec.resolution),
+                     data=data_path(spec, data_paths), resolution=spec.resolution,
+                     prepared_with=_prepared_with(data_path(spec, data_paths))),
         train=dict(flags=list(spec.flags), total_kimg=spec.total_kimg, factor=spec.factor, batch=plan.row.batch,
                    run_dirs=sorted({os.path.dirname(e['snapshot']) for e in evaluations})),
         metric=dict(name=names[0], base=plan.row.metric, label=spec.metric.label, mode=spec.metric.mode,
@@ -550,6 +551,15 @@ def execute(plan: Plan, opts: Options, data_paths: dict[tuple[str, int], str],
     print(f'== {where}: {names[0]} {record["metric"]["best"]:.2f} (best at kimg {best["kimg"]:g}) -> '
           f'{plan.result_path}')
     return record
+
+
+def _prepared_with(path: str) -> Optional[list[str]]:
+    """The dataset_tool.py command that made a prepared dataset (its ``.json`` next to it)."""
+    try:
+        with open(path + '.json', encoding='utf-8') as f:
+            return json.load(f).get('command')
+    except (OSError, ValueError):
+        return None
 
 
 def run(selections: list[str], opts: Options) -> list[Plan]:

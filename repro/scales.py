@@ -126,7 +126,9 @@ def scale_controllers(row: Row, flags: dict[str, Any], f: float) -> tuple[dict[s
         if flags.get('topk_mode') in (None, 'adaptive'):
             out['atopk_kimg'] = float(flags.get('atopk_kimg', ATOPK_KIMG)) * f
         if flags.get('topk_mode') == 'linear':
-            out['topk_gamma'] = float(flags.get('topk_gamma', TOPK_GAMMA)) ** (1 / f)
+            # γ^(1/f); kept above 0 (train.py's range) where it underflows: k is at its minimum after
+            # the first epoch either way
+            out['topk_gamma'] = max(float(flags.get('topk_gamma', TOPK_GAMMA)) ** (1 / f), 1e-6)
     if _ada_on(row, flags) and not flags.get('ada_linear'):
         if train_flag_available('augment', 'ada_kimg'):
             out['ada_kimg'] = float(flags.get('ada_kimg', ADA_KIMG)) * f

@@ -10,11 +10,11 @@ Examples:
   # The first CPU-scale comparison (StyleGAN2 + DiffAugment, + ATop-k, + Worst-k, + Fixed Top-k),
   # 2 seeds, 100-shot Obama under data/100-shot-obama/ (about 2 h 20 min on 2 cores):
   python reproduce.py run atopk_fig3:da,da_atopk,da_worst3,da_fixed3 --scale=cpu --seeds=2 \\
-      --data-root=data --outdir=repro-runs
-  python reproduce.py report atopk_fig3 --scale=cpu --outdir=repro-runs
+      --data-root=data --outdir=runs/reproduce
+  python reproduce.py report atopk_fig3 --scale=cpu --outdir=runs/reproduce
 \b
   # A whole table at the papers' settings, on GPUs:
-  python reproduce.py run atopk_table1 --scale=paper --gpus=4 --data-root=data --outdir=repro-runs
+  python reproduce.py run atopk_table1 --scale=paper --gpus=4 --data-root=data --outdir=runs/reproduce
 \b
   # Which datasets are present and intact; record checksums of your copies:
   python reproduce.py data --data-root=data --record=1
@@ -33,11 +33,10 @@ from typing import Optional  # noqa: E402
 
 import click  # noqa: E402
 
-from dnnlib.util import UserError  # noqa: E402
 
 _SCALE = click.option('--scale', type=click.Choice(['paper', 'cpu', 'smoke']), default='cpu', show_default=True,
                       help='paper: the papers\' settings (GPUs); cpu: the CPU-scale protocol; smoke: a few iterations')
-_OUTDIR = click.option('--outdir', default='repro-runs', show_default=True, metavar='DIR',
+_OUTDIR = click.option('--outdir', default='runs/reproduce', show_default=True, metavar='DIR',
                        help='Where runs, results and reports go')
 _SEEDS = click.option('--seeds', type=click.IntRange(1), default=None, metavar='N',
                       help='Seeds 0..N-1 per row [default: the paper\'s runs at paper scale, 2 at cpu, 1 at smoke]')
@@ -63,7 +62,7 @@ def list_cmd(table: Optional[str]) -> None:
 @_SEEDS
 @click.option('--data-root', default='data', show_default=True, metavar='DIR', help='Folder holding the datasets')
 @_OUTDIR
-@click.option('--gpus', type=click.IntRange(1), default=1, show_default=True, help='train.py / calc_metrics.py --gpus')
+@click.option('--gpus', type=click.IntRange(1), default=1, show_default=True, metavar='N', help='train.py / calc_metrics.py --gpus')
 @click.option('--detector', metavar='PATH', help='Inception for the metrics (needed for IS: inception-2015-12-05.pt)')
 @click.option('--lpips-vgg16', metavar='PATH', help='torchvision vgg16-397923af.pth (FastGAN rows)')
 @click.option('-n', '--dry-run', is_flag=True, help='Check everything and print the commands; train nothing')
@@ -108,7 +107,4 @@ def data(data_root: str, record: bool) -> None:
 
 
 if __name__ == '__main__':
-    try:
-        dnnlib.util.run_cli(main)
-    except UserError as e:  # pragma: no cover - run_cli handles these
-        raise SystemExit(f'error: {e}')
+    dnnlib.util.run_cli(main)

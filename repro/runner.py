@@ -45,7 +45,7 @@ WEIGHT_FLAGS = {'lpips_vgg16': '--lpips-vgg16'}
 @dataclasses.dataclass
 class Options:
     """The flags of ``reproduce.py run`` / ``report``."""
-    outdir: str = 'repro-runs'
+    outdir: str = 'runs/reproduce'
     data_root: str = 'data'
     scale: str = 'cpu'
     seeds: Optional[int] = None
